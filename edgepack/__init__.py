@@ -1,0 +1,28 @@
+"""edgepack: package a trained model for edge devices, verified.
+
+The Python API is the product; the ``edgepack`` CLI is a thin layer over it::
+
+    import edgepack
+    result = edgepack.package("model.keras", targets=["rpi4-arm64"], out="out")
+
+Heavy frameworks are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "inspect", "load_profile", "package", "plan", "targets", "verify"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgepack.api import inspect, load_profile, package, plan, targets, verify
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"inspect", "load_profile", "package", "plan", "targets", "verify"}:
+        from edgepack import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'edgepack' has no attribute {name!r}")

@@ -1,0 +1,115 @@
+"""The Python API: everything the CLI does, as functions with keyword-only options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import EdgepackError, UsageError
+from edgepack.pipeline import Options, PackageResult, Plan, make_plan, run_plan
+from edgepack.profiles import Profile, builtin_names, load_all, load_profile
+
+TargetLike = str | Path | Profile
+
+__all__ = ["inspect", "load_profile", "package", "plan", "resolve_targets", "targets", "verify"]
+
+
+def targets() -> list[Profile]:
+    """Every built-in target profile, sorted by name."""
+    return load_all()
+
+
+def resolve_targets(names: Sequence[TargetLike]) -> list[Profile]:
+    """Profiles for names, paths or Profile values; ``"all"`` means every built-in profile."""
+    if not names:
+        raise UsageError("no target given.", hint=f"Use --target NAME (one of: {', '.join(builtin_names())}) or all.")
+    profiles: list[Profile] = []
+    for name in names:
+        if isinstance(name, Profile):
+            profiles.append(name)
+        elif str(name) == "all":
+            profiles.extend(load_all())
+        else:
+            profiles.append(load_profile(name))
+    seen: dict[str, Profile] = {}
+    for profile in profiles:
+        seen.setdefault(profile.name, profile)
+    return list(seen.values())
+
+
+def _shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    from edgepack.source import parse_input_shapes
+
+    if input_shapes is None:
+        return {}
+    if isinstance(input_shapes, Mapping):
+        return {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    return parse_input_shapes(list(input_shapes))
+
+
+def plan(model: str | Path, *, targets: Sequence[TargetLike], out: str | Path = "out") -> Plan:
+    """The resolved plan of :func:`package` without running it (``--dry-run``)."""
+    return make_plan(Path(model), resolve_targets(targets), Path(out))
+
+
+def package(
+    model: str | Path,
+    *,
+    targets: Sequence[TargetLike],
+    out: str | Path = "out",
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    data: str | Path | None = None,
+    force: bool = False,
+    trust_code: bool = False,
+    device_check: bool = True,
+    sign_key: str | Path | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> PackageResult:
+    """Convert, validate and bundle ``model`` for each target into ``out/<target>/``.
+
+    Every target is attempted. If any failed, the first failure's error class
+    is raised with every target's failure in its message; ``error.result``
+    holds the :class:`PackageResult` (the bundles that did succeed are written).
+    """
+    options = Options(
+        input_shapes=_shapes(input_shapes),
+        data=Path(data) if data is not None else None,
+        force=force,
+        trust_code=trust_code,
+        device_check=device_check,
+        sign_key=Path(sign_key) if sign_key is not None else None,
+        seed=seed,
+    )
+    result = run_plan(plan(model, targets=targets, out=out), options, progress=progress)
+    failed = [t for t in result.targets if t.error]
+    if failed:
+        first = _error_class(failed[0].exit_code)
+        message = "; ".join(t.error or "" for t in failed)
+        if len(result.targets) > 1:
+            message = f"{len(failed)} of {len(result.targets)} targets failed: {message}"
+        error = first(message)
+        error.result = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+def _error_class(exit_code: int) -> type[EdgepackError]:
+    from edgepack.errors import ALL_ERRORS
+
+    return next((cls for cls in ALL_ERRORS if cls.exit_code == exit_code), EdgepackError)
+
+
+def inspect(model: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None) -> Any:
+    """Inputs, outputs, operators, parameters, MACs and per-target compatibility of a model."""
+    from edgepack.inspect import inspect_model
+
+    return inspect_model(Path(model), input_shapes=_shapes(input_shapes) or None)
+
+
+def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> Any:
+    """Check a bundle folder or archive against its manifest (and signature, with a key)."""
+    from edgepack.verify import verify_bundle
+
+    return verify_bundle(Path(bundle), public_key=Path(public_key) if public_key else None)

@@ -1,0 +1,137 @@
+"""Writing a target's bundle: model files, manifest, on-device runner, requirements, archive.
+
+The bundle folder is built in a staging folder beside ``OUT/<target>`` and
+renamed into place only when complete (see :mod:`edgepack.atomic`); the
+``<target>.tar.gz`` beside it is byte-identical for identical inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edgepack import __version__
+from edgepack.artifact import Artifact, sha256_file
+from edgepack.errors import ProfileError
+from edgepack.profiles import Profile, Runtime
+
+BUNDLE_FORMAT = 1
+
+# Runtime -> the device's pip requirement lines (numpy comes with each).
+_REQUIREMENTS: dict[Runtime, tuple[str, ...]] = {
+    Runtime.LITERT: ("ai-edge-litert{version}", "numpy"),
+    Runtime.TFLITE_RUNTIME: ("tflite-runtime{version}", "numpy<2"),
+    Runtime.ONNXRUNTIME: ("onnxruntime{version}", "numpy"),
+    Runtime.OPENVINO: ("openvino{version}", "numpy"),
+    Runtime.TENSORRT: ("numpy",),
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A finished bundle on disk."""
+
+    target: str
+    path: Path
+    archive: Path
+    manifest: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "path": str(self.path), "archive": str(self.archive)}
+
+
+def requirements(profile: Profile) -> list[str]:
+    """The device's pip requirements for the profile's runtime."""
+    lines = [line.format(version=profile.runtime_version) for line in _REQUIREMENTS[profile.runtime]]
+    if profile.runtime is Runtime.TENSORRT:
+        lines.insert(0, f"# TensorRT {profile.runtime_version} and trtexec come with JetPack; run build_engine.sh")
+        lines.append("# optional, to use run.py: onnxruntime-gpu for JetPack (NVIDIA's Jetson wheels)")
+    return lines
+
+
+def build_engine_script(profile: Profile, model_file: str, *, int8_qdq: bool = False) -> str:
+    """A ``build_engine.sh`` that runs trtexec on the device with flags for the profile's precision."""
+    if profile.tensorrt is None:
+        raise ProfileError(f"profile {profile.name} has no [tensorrt] table; it cannot build a TensorRT engine.")
+    flags = [f"--onnx={model_file}", "--saveEngine=model.engine", f"--memPoolSize=workspace:{profile.tensorrt.workspace_mib}M"]
+    if int8_qdq:
+        # Explicit Q/DQ: TensorRT 10 takes the scales from the graph; no calibration cache.
+        major = int(profile.tensorrt.tensorrt_version.split(".")[0])
+        flags += ["--stronglyTyped"] if major >= 10 else ["--int8", "--fp16"]
+    elif profile.precision.value == "fp16":
+        flags.append("--fp16")
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            f"# Build the TensorRT engine for {profile.name} on the Jetson itself",
+            f"# (JetPack {profile.tensorrt.jetpack}, TensorRT {profile.tensorrt.tensorrt_version}); engines are"
+            " not portable across GPUs or TensorRT versions.",
+            "set -eu",
+            'cd "$(dirname "$0")"',
+            'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+            '"$TRTEXEC" ' + " ".join(flags) + ' "$@"',
+            "",
+        ]
+    )
+
+
+def stage_files(staging: Path, *, profile: Profile, artifact: Artifact, extra_files: Mapping[str, str]) -> None:
+    """Copy the model and write the runner, requirements and extra files into ``staging``."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for file in artifact.files:
+        shutil.copyfile(file, staging / Path(file).name)
+    runner = resources.files("edgepack.templates").joinpath("run.py").read_text()
+    (staging / "run.py").write_text(runner)
+    (staging / "requirements.txt").write_text("\n".join(requirements(profile)) + "\n")
+    for name, text in extra_files.items():
+        (staging / name).write_text(text)
+        if name.endswith(".sh"):
+            (staging / name).chmod(0o755)
+
+
+def write_manifest(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Digest every file in ``staging``, seal the manifest and write it; returns the sealed manifest."""
+    from edgepack.verify import seal_manifest
+
+    manifest = dict(manifest)
+    manifest["files"] = {
+        p.relative_to(staging).as_posix(): sha256_file(p)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name not in ("manifest.json", "manifest.json.sig")
+    }
+    sealed = seal_manifest(manifest)
+    (staging / "manifest.json").write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
+    return sealed
+
+
+def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> dict[str, Any]:
+    """The manifest's fixed part; steps, validation and checks are added by the pipeline."""
+    return {
+        "bundle_format": BUNDLE_FORMAT,
+        "edgepack_version": __version__,
+        "target": {"name": profile.name, "description": profile.description, "profile_sha256": profile.sha256},
+        "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
+        "source": {"file": source.path.name, "format": source.format.value, "sha256": source.sha256},
+        "model": {
+            "file": Path(artifact.path).name,
+            "files": [Path(f).name for f in artifact.files],
+            "format": artifact.format.value,
+            "precision": artifact.meta.get("precision", profile.precision.value),
+            "size_bytes": artifact.size_bytes(),
+        },
+        "runtime": {
+            "name": profile.runtime.value,
+            "version": profile.runtime_version,
+            "arch": profile.arch.value,
+            "delegate": profile.delegate,
+        },
+        "inputs": [i.to_dict() for i in artifact.inputs],
+        "outputs": [o.to_dict() for o in artifact.outputs],
+        "input_shape_origin": dict(source.meta.get("shape_origin", {})),
+        "requirements": requirements(profile),
+    }

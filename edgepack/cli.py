@@ -1,0 +1,347 @@
+"""The ``edgepack`` command line: a thin Typer layer over :mod:`edgepack.api`.
+
+Nothing heavy is imported here: ``edgepack --help`` must stay fast and must not
+import tensorflow, openvino, onnxruntime or onnxsim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from edgepack.errors import EdgepackError, InternalError
+
+app = typer.Typer(
+    name="edgepack",
+    help="Package a trained model for edge devices: convert, validate, check on the device, bundle.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+targets_app = typer.Typer(help="List the target profiles, or show one resolved.", invoke_without_command=True)
+app.add_typer(targets_app, name="targets")
+
+err = Console(stderr=True)
+out = Console()
+
+# ----------------------------------------------------------------------------- shared options
+
+ModelArg = Annotated[Path, typer.Argument(help="Model: .keras, .h5, SavedModel folder, .onnx or .tflite.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; bundles go to OUT/<target>/.")]
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="Fix dynamic input dims: NAME=1,224,224,3 (repeat per input)."),
+]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Validation/calibration data: .npz, .npy, or a folder of .npy/images.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing bundles in OUT.")]
+DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved plan and stop.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+TrustOpt = Annotated[
+    bool, typer.Option("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
+]
+NoCheckOpt = Annotated[bool, typer.Option("--no-device-check", help="Skip running the bundle on the (emulated) device.")]
+SignOpt = Annotated[Path | None, typer.Option("--sign", help="Sign each manifest with this Ed25519 private key.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgepack import __version__
+
+        out.print(f"edgepack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    if debug:
+        os.environ["EDGEPACK_DEBUG"] = "1"
+
+
+def _run_package(model: Path, targets: list[Any], *, out_dir: Path, input_shape: list[str] | None, data: Path | None,
+                 force: bool, dry_run: bool, as_json: bool, trust: bool, no_check: bool, sign: Path | None) -> None:
+    from edgepack import api
+
+    if dry_run:
+        plan = api.plan(model, targets=targets, out=out_dir)
+        if as_json:
+            out.print_json(json.dumps(plan.to_dict()))
+        else:
+            _print_plan(plan)
+        return
+    with err.status("starting", spinner="dots") as status:
+
+        def progress(message: str) -> None:
+            status.update(message)
+
+        try:
+            result = api.package(
+                model, targets=targets, out=out_dir, input_shapes=input_shape, data=data, force=force,
+                trust_code=trust, device_check=not no_check, sign_key=sign, progress=progress,
+            )
+        except EdgepackError as exc:
+            partial = getattr(exc, "result", None)
+            if partial is not None:
+                _print_result(partial, as_json)
+            raise
+    _print_result(result, as_json)
+
+
+def _print_plan(plan: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"plan for {plan.model} ({plan.source_format.value}); ONNX opset {plan.onnx_opset}")
+    for column in ("target", "route", "steps", "out", "notes"):
+        table.add_column(column)
+    for t in plan.targets:
+        route = " -> ".join([plan.source_format.value, *(f.value for f in t.route)])
+        table.add_row(t.profile.name, route, ", ".join(t.steps), str(t.out_dir), "; ".join(t.notes))
+    out.print(table)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+        return
+    from rich.table import Table
+
+    table = Table(title="edgepack bundles")
+    for column in ("target", "status", "bundle", "validation"):
+        table.add_column(column)
+    for t in result.targets:
+        if t.error:
+            table.add_row(t.target, "[red]failed[/red]", "-", t.error)
+            continue
+        outputs = (t.manifest or {}).get("validation", {}).get("outputs", [])
+        summary = ", ".join(f"{o['name']}: max|err| {o['max_abs_error']:.2e}" for o in outputs)
+        table.add_row(t.target, "[green]ok[/green]", str(t.archive), summary)
+    out.print(table)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@targets_app.callback()
+def _targets(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from edgepack.profiles import load_all
+
+    profiles = load_all()
+    if as_json:
+        out.print_json(json.dumps([p.to_dict() for p in profiles]))
+        return
+    table = Table(title="edgepack targets")
+    table.add_column("name", no_wrap=True)
+    for column in ("format", "runtime", "arch", "precision", "description"):
+        table.add_column(column)
+    for p in profiles:
+        table.add_row(p.name, p.format.value, p.runtime.value, p.arch.value, p.precision.value, p.description)
+    out.print(table)
+
+
+@targets_app.command("show")
+def targets_show(name: Annotated[str, typer.Argument(help="Built-in name or path to a .toml profile.")]) -> None:
+    """Print one profile, resolved (extends applied, defaults filled)."""
+    from edgepack.profiles import load_profile
+
+    out.print_json(json.dumps(load_profile(name).to_dict()))
+
+
+@app.command()
+def inspect(model: ModelArg, input_shape: ShapeOpt = None, as_json: JsonOpt = False) -> None:
+    """Inputs, outputs, operators, parameters, MACs and per-target compatibility."""
+    from edgepack import api
+
+    report = api.inspect(model, input_shapes=input_shape)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        from edgepack.inspect import render
+
+        out.print(render(report))
+
+
+@app.command()
+def package(
+    model: ModelArg,
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Target name, profile .toml, or 'all'.")],
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    no_check: NoCheckOpt = False,
+    sign: SignOpt = None,
+) -> None:
+    """Package MODEL for one or more targets."""
+    _run_package(model, target, out_dir=out_dir, input_shape=input_shape, data=data, force=force, dry_run=dry_run,
+                 as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+
+
+@app.command()
+def android(
+    model: ModelArg,
+    gpu: Annotated[bool, typer.Option("--gpu", help="fp16 model for LiteRT's GPU delegate.")] = False,
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    no_check: NoCheckOpt = False,
+    sign: SignOpt = None,
+) -> None:
+    """Package MODEL for Android phones (LiteRT .tflite)."""
+    _run_package(model, ["android-arm64-gpu" if gpu else "android-arm64"], out_dir=out_dir, input_shape=input_shape,
+                 data=data, force=force, dry_run=dry_run, as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+
+
+@app.command()
+def rpi(
+    model: ModelArg,
+    board: Annotated[str, typer.Option("--board", help="pi4, pi5 (64-bit OS) or armv7 (32-bit OS).")] = "pi4",
+    runtime: Annotated[str, typer.Option("--runtime", help="litert or onnxruntime (64-bit only).")] = "litert",
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    no_check: NoCheckOpt = False,
+    sign: SignOpt = None,
+) -> None:
+    """Package MODEL for a Raspberry Pi."""
+    from edgepack.errors import UsageError
+
+    names = {("pi4", "litert"): "rpi4-arm64", ("pi5", "litert"): "rpi5-arm64", ("armv7", "litert"): "rpi-armv7",
+             ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime", ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime"}
+    name = names.get((board, runtime))
+    if name is None:
+        raise UsageError(f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
+                         hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).")
+    _run_package(model, [name], out_dir=out_dir, input_shape=input_shape, data=data, force=force, dry_run=dry_run,
+                 as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+
+
+@app.command()
+def openvino(
+    model: ModelArg,
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    no_check: NoCheckOpt = False,
+    sign: SignOpt = None,
+) -> None:
+    """Package MODEL for Intel CPUs with OpenVINO (IR .xml + .bin)."""
+    _run_package(model, ["intel-openvino-cpu"], out_dir=out_dir, input_shape=input_shape, data=data, force=force,
+                 dry_run=dry_run, as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+
+
+@app.command()
+def jetson(
+    model: ModelArg,
+    jetpack: Annotated[str | None, typer.Option("--jetpack", help="JetPack version on the device, e.g. 6.1.")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp16 (default) or fp32 engine.")] = None,
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    sign: SignOpt = None,
+) -> None:
+    """Package MODEL for NVIDIA Jetson (ONNX + build_engine.sh for TensorRT)."""
+    from edgepack.profiles import load_profile
+
+    overrides: dict[str, Any] = {}
+    if jetpack:
+        overrides["tensorrt"] = {"jetpack": jetpack}
+    if precision:
+        overrides["precision"] = precision
+    profile = load_profile("jetson-orin-trt", overrides=overrides)
+    _run_package(model, [profile], out_dir=out_dir, input_shape=input_shape, data=data, force=force, dry_run=dry_run,
+                 as_json=as_json, trust=trust, no_check=True, sign=sign)
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder or its .tar.gz.")],
+    key: Annotated[Path | None, typer.Option("--key", help="Ed25519 public key to check the signature.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every file of a bundle against its manifest (and its signature, with --key)."""
+    from edgepack import api
+
+    report = api.verify(bundle, public_key=key)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        out.print(f"[green]verified[/green] {bundle}: " + ", ".join(f"{k}={v}" for k, v in report.to_dict().items()
+                                                                    if not isinstance(v, list | dict)))
+
+
+@app.command()
+def keygen(
+    private: Annotated[Path, typer.Argument(help="Where to write the private key (PEM, mode 600).")],
+    public: Annotated[Path, typer.Argument(help="Where to write the public key (PEM).")],
+) -> None:
+    """Make an Ed25519 key pair for signing bundles."""
+    from edgepack.signing import keygen as make_keys
+
+    make_keys(private, public)
+    out.print(f"wrote {private} (keep it secret) and {public}")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; edgepack errors become one line on stderr and their exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="edgepack")  # Typer/click print usage errors themselves (exit 2)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except EdgepackError as exc:
+        if debug:
+            raise
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("edgepack: interrupted; nothing was written.")
+        return 130
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if debug:
+            raise
+        internal = InternalError(f"internal error: {exc!r}.", hint="Rerun with --debug and report it.")
+        _print_error(internal)
+        return internal.exit_code
+    return 0
+
+
+def _print_error(exc: EdgepackError) -> None:
+    err.print(f"edgepack: error [{exc.kind}]: {exc.one_line()}", highlight=False, markup=False, soft_wrap=True)

@@ -1,0 +1,81 @@
+"""Keras (.keras, .h5), SavedModel and .tflite -> ONNX with tf2onnx.
+
+Inputs are converted with the source's static shapes (a fixed ``input_signature``
+or ``shape_override``), so a Keras model with batch ``None`` becomes an ONNX model
+with batch 1, not a dynamic dim. The opset is the requested one, capped at the
+highest tf2onnx knows (18 for tf2onnx 1.17).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgepack.artifact import Artifact, ModelFormat
+from edgepack.convert._common import describe, fresh_dir, read_specs, run_tool, tool_meta
+from edgepack.convert.keras_tflite import fixed_keras_model, load_model, savedmodel_function
+from edgepack.deps import require
+
+if TYPE_CHECKING:
+    from edgepack.convert import ConvertOptions
+
+DEFAULT_OPSET = 17
+
+
+def max_opset() -> int:
+    """Highest ONNX opset the installed tf2onnx writes."""
+    constants = require("tf2onnx.constants")
+    return max(constants.OPSET_TO_IR_VERSION)
+
+
+def _from_keras(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
+    tf = require("tensorflow")
+    tf2onnx = require("tf2onnx")
+    model = fixed_keras_model(load_model(src, trust_code=options.trust_code), src.inputs)
+    signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in src.inputs]
+    tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
+
+
+def _from_savedmodel(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
+    tf2onnx = require("tf2onnx")
+    function, signature, _loaded = savedmodel_function(src)
+    tf2onnx.convert.from_function(function, input_signature=signature, opset=opset, output_path=str(path))
+
+
+def _from_tflite(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
+    tf2onnx = require("tf2onnx")
+    shapes = {spec.name: list(spec.shape) for spec in src.inputs}
+    tf2onnx.convert.from_tflite(str(src.path), opset=opset, shape_override=shapes, output_path=str(path))
+
+
+_FROM: dict[ModelFormat, Callable[[Artifact, int, Path, Any], None]] = {
+    ModelFormat.KERAS: _from_keras,
+    ModelFormat.H5: _from_keras,
+    ModelFormat.SAVEDMODEL: _from_savedmodel,
+    ModelFormat.TFLITE: _from_tflite,
+}
+
+
+def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
+    """Convert a Keras, SavedModel or .tflite source to ``workdir/model.onnx``.
+
+    Raises:
+        ModelError: the source cannot be loaded.
+        ConversionError: tf2onnx fails.
+    """
+    workdir = fresh_dir(workdir)
+    started = time.perf_counter()
+    cap = max_opset()
+    wanted = options.opset or DEFAULT_OPSET
+    opset = min(wanted, cap)
+    path = workdir / "model.onnx"
+    run_tool(
+        lambda: _FROM[src.format](src, opset, path, options),
+        failure=f"tf2onnx could not convert {src.path.name} to ONNX opset {opset}",
+        hint="Try another opset (the profile's 'opset'), or convert the model to ONNX yourself and package the .onnx.",
+    )
+    extra = {"opset_requested": wanted} if wanted != opset else {}
+    meta = tool_meta("tf2onnx", opset=opset, precision="fp32", seconds=round(time.perf_counter() - started, 3), **extra)
+    return describe(src, path, ModelFormat.ONNX, read_specs(path, ModelFormat.ONNX), meta=meta)

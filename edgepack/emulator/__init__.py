@@ -1,0 +1,166 @@
+"""Emulator backends: run a bundle's ``run.py`` where the device's code can run.
+
+Each backend is a :class:`Runner`; :func:`get_runner` looks the backend up in
+:data:`RUNNERS` by name (a profile's ``emulation.mode`` by default). ``native``
+runs on this host; ``qemu-user`` runs ARM bundles under QEMU user-mode
+emulation in a cached Debian guest (see :mod:`edgepack.emulator.qemu`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgepack.errors import DeviceCheckError, UsageError
+
+RUN_SCRIPT = "run.py"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run of a bundle's runner produced.
+
+    Attributes:
+        returncode: Exit status of the runner.
+        stdout: Its standard output.
+        stderr: Its standard error.
+        wall_s: Wall time of the whole process (start-up and imports included), seconds.
+        instructions: Guest instructions per inference inside the timed loop, or None if not counted.
+        instructions_total: Instructions of the whole timed loop (all runs), or None.
+        note: Why ``instructions`` is None when counting was asked for, else "".
+        runner: Name of the backend that ran it.
+    """
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    instructions: int | None = None
+    instructions_total: int | None = None
+    note: str = ""
+    runner: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Runner(Protocol):
+    """Runs ``run.py`` of a bundle folder with ``args`` (host paths) and extra environment ``env``."""
+
+    name: str
+
+    def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult: ...
+
+
+def runs_from_args(args: list[str]) -> int:
+    """The ``--runs N`` given to run.py (1, its default, when absent)."""
+    for i, arg in enumerate(args):
+        value = args[i + 1] if arg == "--runs" and i + 1 < len(args) else arg.partition("=")[2]
+        if arg == "--runs" or arg.startswith("--runs="):
+            try:
+                return max(1, int(value))
+            except ValueError:
+                return 1
+    return 1
+
+
+class LocalRunner:
+    """Runs the bundle natively with this Python (profiles whose device is the host's architecture)."""
+
+    name = "native"
+
+    def __init__(self, profile: Any = None, *, timeout_s: float = 600, **_options: Any) -> None:
+        self.timeout_s = timeout_s
+
+    def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult:
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                [sys.executable, str(Path(bundle_dir) / RUN_SCRIPT), *args],
+                cwd=bundle_dir,
+                env={**os.environ, "PYTHONHASHSEED": "0", **env},
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_s,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DeviceCheckError(f"the native run took over {self.timeout_s:.0f} s and was stopped.") from exc
+        wall = time.perf_counter() - start
+        return RunResult(proc.returncode, proc.stdout, proc.stderr, wall, note="not counted natively", runner=self.name)
+
+
+class QemuRunner:
+    """Runs the bundle under QEMU user-mode emulation; the guest is set up (or found cached) on first use.
+
+    Args:
+        profile: The target profile (``emulation.mode = "qemu-user"``).
+        progress: Called with one-line messages while the guest is being built.
+        count_instructions: Count guest instructions per inference when the plugin is available.
+        timeout_s: Kill a run after this long.
+    """
+
+    name = "qemu-user"
+
+    def __init__(
+        self,
+        profile: Any,
+        *,
+        progress: Callable[[str], None] | None = None,
+        count_instructions: bool = True,
+        timeout_s: float = 600,
+    ) -> None:
+        self.profile, self.progress = profile, progress
+        self.count_instructions, self.timeout_s = count_instructions, timeout_s
+        self._env = None
+
+    def setup(self) -> Any:
+        """Build or find the guest environment (:class:`edgepack.emulator.qemu.EmuEnv`)."""
+        from edgepack.emulator import qemu
+
+        if self._env is None:
+            self._env = qemu.setup(self.profile, progress=self.progress)
+        return self._env
+
+    def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult:
+        from edgepack.emulator import qemu
+
+        return qemu.run(
+            self.setup(),
+            self.profile,
+            Path(bundle_dir) / RUN_SCRIPT,
+            list(args),
+            count_instructions=self.count_instructions,
+            extra_env=env,
+            timeout_s=self.timeout_s,
+        )
+
+
+# Backend name -> factory(profile, **options). docker and ssh register here too.
+RUNNERS: dict[str, Callable[..., Runner]] = {
+    "native": LocalRunner,
+    "qemu-user": QemuRunner,
+}
+
+
+def get_runner(profile: Any, kind: str | None = None, **options: Any) -> Runner:
+    """The runner for ``profile``: the backend ``kind``, or the one its ``emulation.mode`` names.
+
+    Raises:
+        DeviceCheckError: the profile cannot be emulated (``emulation.mode = "none"``).
+        UsageError: no backend is called ``kind``.
+    """
+    kind = kind or profile.emulation.mode
+    if kind == "none":
+        raise DeviceCheckError(f"profile {profile.name} cannot be emulated: {profile.emulation.reason}")
+    factory = RUNNERS.get(kind)
+    if factory is None:
+        raise UsageError(f"unknown emulator {kind!r}.", hint=f"Known emulators: {', '.join(sorted(RUNNERS))}.")
+    return factory(profile, **options)

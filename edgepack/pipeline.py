@@ -1,0 +1,275 @@
+"""The packaging pipeline: plan, then run each target's steps over shared intermediates.
+
+The source is opened once; every conversion hop is memoised by its input
+digest and options, so the ONNX intermediate (and e.g. the fp32 .tflite shared
+by several ARM targets) is made once per run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack.artifact import Artifact, ModelFormat
+from edgepack.errors import EdgepackError, InternalError
+from edgepack.profiles import Profile, Step
+
+Progress = Callable[[str], None]
+
+_TF2ONNX_MAX_OPSET = 18
+DEFAULT_OPSET = 17
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """What will run for one target."""
+
+    profile: Profile
+    route: tuple[ModelFormat, ...]
+    steps: tuple[str, ...]
+    out_dir: Path
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.profile.name,
+            "format": self.profile.format.value,
+            "runtime": self.profile.runtime.value,
+            "precision": self.profile.precision.value,
+            "route": [f.value for f in self.route],
+            "steps": list(self.steps),
+            "out": str(self.out_dir),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved plan of a ``package`` call (what ``--dry-run`` prints)."""
+
+    model: Path
+    source_format: ModelFormat
+    out: Path
+    onnx_opset: int
+    targets: tuple[TargetPlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "source_format": self.source_format.value,
+            "out": str(self.out),
+            "onnx_opset": self.onnx_opset,
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+
+@dataclass(frozen=True)
+class Options:
+    """Run-wide options of ``package`` (the CLI flags)."""
+
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    data: Path | None = None
+    force: bool = False
+    trust_code: bool = False
+    device_check: bool = True
+    sign_key: Path | None = None
+    seed: int = 0
+    validation_samples: int = 32
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    target: str
+    bundle: Path | None
+    archive: Path | None
+    manifest: Mapping[str, Any] | None
+    error: str | None = None
+    exit_code: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"target": self.target, "ok": self.error is None, "bundle": str(self.bundle) if self.bundle else None}
+        out["archive"] = str(self.archive) if self.archive else None
+        if self.manifest:
+            out["validation"] = self.manifest.get("validation")
+            out["model"] = self.manifest.get("model")
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    plan: Plan
+    targets: tuple[TargetResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.error is None for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "plan": self.plan.to_dict(), "targets": [t.to_dict() for t in self.targets]}
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def make_plan(model: Path, profiles: Sequence[Profile], out: Path) -> Plan:
+    """Resolve routes and steps for each profile, from the model's detected format only."""
+    from edgepack.convert import route
+    from edgepack.source import detect_format
+
+    source_format = detect_format(model)
+    opsets = [p.target_opset for p in profiles if p.target_opset]
+    opset = min([_TF2ONNX_MAX_OPSET, *opsets]) if opsets else DEFAULT_OPSET
+    plans = []
+    for profile in profiles:
+        hops = tuple(route(source_format, profile.format))
+        notes = []
+        steps = [s.value for s in profile.steps]
+        if Step.SIMPLIFY in profile.steps and ModelFormat.ONNX not in (source_format, *hops):
+            steps.remove(Step.SIMPLIFY.value)
+            notes.append("simplify: no ONNX on this route")
+        if Step.QUANTIZE in profile.steps and profile.precision.value != "int8":
+            steps.remove(Step.QUANTIZE.value)
+            notes.append(f"quantize: precision is {profile.precision.value}")
+        if profile.emulation.mode == "none":
+            notes.append(f"device-check: {profile.emulation.reason}")
+        plans.append(TargetPlan(profile, hops, tuple(steps), out / profile.name, tuple(notes)))
+    return Plan(model, source_format, out, opset, tuple(plans))
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _Run:
+    """State of one ``package`` call: the source, samples and memoised intermediates."""
+
+    def __init__(self, plan: Plan, options: Options, workdir: Path, progress: Progress) -> None:
+        self.plan = plan
+        self.options = options
+        self.workdir = workdir
+        self.progress = progress
+        self.cache: dict[tuple[Any, ...], tuple[Artifact, dict[str, Any]]] = {}
+        self.source: Artifact | None = None
+        self.samples: list[list[Any]] | None = None
+        self.data_description: dict[str, Any] | None = None
+
+    def open(self) -> None:
+        from edgepack.source import open_source
+
+        self.progress(f"reading {self.plan.model.name}")
+        batch = min((p.profile.inputs.batch or 0 for p in self.plan.targets), default=1) or None
+        self.source = open_source(
+            self.plan.model,
+            input_shapes=self.options.input_shapes,
+            batch=batch,
+            trust_code=self.options.trust_code,
+        )
+        if self.options.data is not None:
+            from edgepack.calibration import load_dataset
+
+            dataset = load_dataset(self.options.data, self.source.inputs)
+            self.samples = dataset.take(self.options.validation_samples).as_lists()
+            self.data_description = dataset.describe()
+
+    def _memo(self, key: tuple[Any, ...], make: Callable[[Path], tuple[Artifact, dict[str, Any]]]):
+        if key not in self.cache:
+            folder = self.workdir / f"step{len(self.cache):03d}"
+            folder.mkdir(parents=True)
+            self.cache[key] = make(folder)
+        return self.cache[key]
+
+    def hop(self, src: Artifact, dst: ModelFormat, profile: Profile) -> tuple[Artifact, dict[str, Any]]:
+        from edgepack.convert import ConvertOptions, convert_once
+
+        final = dst is profile.format
+        conv = profile.options(Step.CONVERT)
+        opts = ConvertOptions(
+            opset=self.plan.onnx_opset,
+            precision="fp16" if final and profile.precision.value == "fp16" else "fp32",
+            compress_to_fp16=bool(conv.get("compress_to_fp16", False)) if final else False,
+            select_tf_ops=bool(conv.get("select_tf_ops", False)),
+            trust_code=self.options.trust_code,
+        )
+
+        def make(folder: Path) -> tuple[Artifact, dict[str, Any]]:
+            self.progress(f"converting {src.format.value} -> {dst.value}")
+            out = convert_once(src, dst, folder, opts)
+            return out, {"name": "convert", "from": src.format.value, "to": dst.value, **_tool(out)}
+
+        return self._memo(("convert", src.sha256, dst, opts), make)
+
+    def prepare_onnx(self, onnx: Artifact, profile: Profile) -> list[tuple[Artifact, dict[str, Any]]]:
+        """Fix shapes/opset for the profile, then simplify (if the profile has the step)."""
+        from edgepack.convert import ConvertOptions, convert_once
+
+        opset = profile.target_opset
+        records = []
+        fix_opts = ConvertOptions(opset=opset, trust_code=self.options.trust_code)
+
+        def fix(folder: Path) -> tuple[Artifact, dict[str, Any]]:
+            out = convert_once(onnx, ModelFormat.ONNX, folder, fix_opts)
+            return out, {"name": "convert", "from": "onnx", "to": "onnx", **_tool(out)}
+
+        current, record = self._memo(("fix", onnx.sha256, opset), fix)
+        if current.sha256 != onnx.sha256:
+            records.append((current, record))
+        if Step.SIMPLIFY in profile.steps:
+            tool = str(profile.options(Step.SIMPLIFY).get("tool", "auto"))
+
+            def simplify(folder: Path, src: Artifact = current) -> tuple[Artifact, dict[str, Any]]:
+                from edgepack.simplify import simplify as run_simplify
+
+                self.progress("simplifying the ONNX graph")
+                out, report = run_simplify(src, folder, tool=tool, samples=self.samples, seed=self.options.seed)
+                return out, {"name": "simplify", **report.to_dict()}
+
+            records.append(self._memo(("simplify", current.sha256, tool), simplify))
+        return records
+
+    def artifact_for(self, target: TargetPlan) -> tuple[Artifact, list[dict[str, Any]]]:
+        """Run the conversion chain for one target; returns the final artifact and step records."""
+        assert self.source is not None
+        current, records = self.source, []
+        chain: list[ModelFormat | None] = [None, *target.route]
+        for fmt in chain:
+            if fmt is not None:
+                current, record = self.hop(current, fmt, target.profile)
+                records.append(record)
+            if current.format is ModelFormat.ONNX:
+                for current, record in self.prepare_onnx(current, target.profile):  # noqa: B007
+                    records.append(record)
+        return current, records
+
+
+def _tool(artifact: Artifact) -> dict[str, Any]:
+    return {k: v for k, v in artifact.meta.items() if k in ("tool", "tool_version", "opset", "precision", "note")}
+
+
+def run_plan(plan: Plan, options: Options, *, progress: Progress | None = None) -> PackageResult:
+    """Execute a plan: every target is attempted; failures are collected per target."""
+    from edgepack.targetrun import package_target
+
+    progress = progress or (lambda message: None)
+    with tempfile.TemporaryDirectory(prefix="edgepack-") as tmp:
+        run = _Run(plan, options, Path(tmp), progress)
+        run.open()
+        results = []
+        for target in plan.targets:
+            try:
+                results.append(package_target(run, target))
+            except EdgepackError as exc:
+                results.append(TargetResult(target.profile.name, None, None, None, exc.one_line(), exc.exit_code))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug; reported per target, with --debug the cause
+                if os.environ.get("EDGEPACK_DEBUG"):
+                    raise
+                err = InternalError(f"internal error while packaging {target.profile.name}: {exc!r}.",
+                                    hint="Rerun with --debug and report it.")
+                results.append(TargetResult(target.profile.name, None, None, None, err.one_line(), err.exit_code))
+    return PackageResult(plan, tuple(results))

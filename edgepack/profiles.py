@@ -1,0 +1,322 @@
+"""Target profiles: TOML data files loaded into frozen, typed values.
+
+A profile says what a device needs (model format, runtime, precision, the
+ordered steps and their options, tolerances, emulation settings and device
+facts). ``extends = "NAME"`` (or a path) takes a built-in or another file as
+the base and overrides a few keys: tables merge key by key, everything else
+is replaced.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgepack.artifact import ModelFormat
+from edgepack.errors import ProfileError
+from edgepack.resources import targets_dir
+
+
+class Runtime(str, enum.Enum):
+    LITERT = "litert"
+    TFLITE_RUNTIME = "tflite-runtime"
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
+class Arch(str, enum.Enum):
+    AARCH64 = "aarch64"
+    ARMV7L = "armv7l"
+    X86_64 = "x86_64"
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Step(str, enum.Enum):
+    """Pipeline steps, in the only order they may run."""
+
+    COMPRESS = "compress"
+    CONVERT = "convert"
+    SIMPLIFY = "simplify"
+    QUANTIZE = "quantize"
+    VALIDATE = "validate"
+    DEVICE_CHECK = "device-check"
+    BUNDLE = "bundle"
+
+
+STEP_ORDER = list(Step)
+
+# Runtime -> model format it runs.
+RUNTIME_FORMAT = {
+    Runtime.LITERT: ModelFormat.TFLITE,
+    Runtime.TFLITE_RUNTIME: ModelFormat.TFLITE,
+    Runtime.ONNXRUNTIME: ModelFormat.ONNX,
+    Runtime.OPENVINO: ModelFormat.OPENVINO,
+    Runtime.TENSORRT: ModelFormat.ONNX,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Accuracy(_Strict):
+    """Tolerances of an artifact against its source model."""
+
+    max_abs_error: float = Field(1e-3, gt=0)
+    min_cosine: float = Field(0.999, ge=-1, le=1)
+    min_top1_agreement: float = Field(0.99, ge=0, le=1)
+    int8_min_relative_accuracy: float = Field(0.99, ge=0, le=1)
+    int8_min_top1_agreement: float = Field(0.99, ge=0, le=1)
+
+
+class Latency(_Strict):
+    """Latency budget (applies to the device estimate) and how to time."""
+
+    budget_ms: float | None = Field(None, gt=0)
+    threads: int = Field(1, ge=1)
+    warmup: int = Field(3, ge=0)
+    runs: int = Field(20, ge=1)
+
+
+class Emulation(_Strict):
+    """How the device is emulated; ``mode = "none"`` with a reason when it cannot be."""
+
+    mode: str = Field("qemu-user", pattern="^(qemu-user|native|none)$")
+    reason: str = ""
+    qemu_arch: str | None = Field(None, pattern="^(aarch64|arm)$")
+    qemu_cpu: str | None = None
+    debian_release: str = "bookworm"
+    debian_arch: str | None = Field(None, pattern="^(arm64|armhf|amd64)$")
+    python: str = "3.11"
+    debs: tuple[str, ...] = ()
+    wheels: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _qemu_needs_cpu(self) -> Emulation:
+        if self.mode == "qemu-user" and not (self.qemu_arch and self.qemu_cpu and self.debian_arch):
+            raise ValueError("emulation.mode = 'qemu-user' needs qemu_arch, qemu_cpu and debian_arch")
+        if self.mode == "none" and not self.reason:
+            raise ValueError("emulation.mode = 'none' needs a reason")
+        return self
+
+
+class Device(_Strict):
+    """Facts about the device, used for estimates and shown in reports."""
+
+    name: str
+    cores: int = Field(ge=1)
+    clock_ghz: float = Field(gt=0)
+    ram_gb: float = Field(gt=0)
+    cpu: str = ""
+    peak_gflops: float | None = Field(None, gt=0)
+    mem_bandwidth_gbs: float | None = Field(None, gt=0)
+    ipc: float | None = Field(None, gt=0)
+
+
+class Inputs(_Strict):
+    """How dynamic input dimensions are fixed when the user gives no ``--input-shape``."""
+
+    batch: int | None = Field(1, ge=1)
+    shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+
+
+class TensorRT(_Strict):
+    """JetPack -> TensorRT -> highest ONNX opset the parser takes."""
+
+    jetpack: str
+    jetpack_tensorrt: dict[str, str]
+    tensorrt_max_opset: dict[str, int]
+    workspace_mib: int = Field(1024, ge=64)
+
+    @model_validator(mode="after")
+    def _mapping_is_complete(self) -> TensorRT:
+        if self.jetpack not in self.jetpack_tensorrt:
+            raise ValueError(f"tensorrt.jetpack {self.jetpack!r} is not in tensorrt.jetpack_tensorrt")
+        for jp, trt in self.jetpack_tensorrt.items():
+            if trt not in self.tensorrt_max_opset:
+                raise ValueError(f"TensorRT {trt} (JetPack {jp}) has no entry in tensorrt.tensorrt_max_opset")
+        return self
+
+    @property
+    def tensorrt_version(self) -> str:
+        return self.jetpack_tensorrt[self.jetpack]
+
+    @property
+    def max_opset(self) -> int:
+        return self.tensorrt_max_opset[self.tensorrt_version]
+
+
+class Profile(_Strict):
+    """One resolved target profile."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str
+    format: ModelFormat
+    runtime: Runtime
+    runtime_version: str
+    arch: Arch
+    precision: Precision = Precision.FP32
+    delegate: str = Field("cpu", pattern="^(cpu|xnnpack|gpu)$")
+    opset: int | None = Field(None, ge=7)
+    steps: tuple[Step, ...]
+    step_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    accuracy: Accuracy = Accuracy()
+    latency: Latency = Latency()
+    emulation: Emulation
+    device: Device
+    inputs: Inputs = Inputs()
+    tensorrt: TensorRT | None = None
+    source: str = ""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_in_order(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        positions = [STEP_ORDER.index(s) for s in steps]
+        if positions != sorted(positions) or len(set(steps)) != len(steps):
+            raise ValueError("steps must be unique and in the order " + ", ".join(s.value for s in STEP_ORDER))
+        return steps
+
+    @field_validator("step_options")
+    @classmethod
+    def _options_name_steps(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        known = {s.value for s in Step}
+        for key in options:
+            if key not in known:
+                raise ValueError(f"unknown step {key!r} (known: {', '.join(sorted(known))})")
+        return options
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if RUNTIME_FORMAT[self.runtime] is not self.format:
+            raise ValueError(
+                f"runtime {self.runtime.value!r} runs {RUNTIME_FORMAT[self.runtime].value}, not {self.format.value}"
+            )
+        if self.runtime is Runtime.TENSORRT and self.tensorrt is None:
+            raise ValueError("a tensorrt runtime needs a [tensorrt] table")
+        return self
+
+    @property
+    def target_opset(self) -> int | None:
+        """Highest ONNX opset the device takes (TensorRT's limit, else ``opset``)."""
+        if self.tensorrt is not None:
+            return min(self.tensorrt.max_opset, self.opset or self.tensorrt.max_opset)
+        return self.opset
+
+    def options(self, step: Step | str) -> dict[str, Any]:
+        return dict(self.step_options.get(Step(step).value, {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the resolved profile (not of its file), stable across machines."""
+        data = self.to_dict()
+        data.pop("source", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in profiles, sorted."""
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+def load_profile(target: str | Path, *, overrides: dict[str, Any] | None = None) -> Profile:
+    """Load a built-in profile by name, or a user's profile from a ``.toml`` path.
+
+    ``overrides`` (nested tables) are merged over the resolved file, as a profile that extends it would.
+    """
+    path = _locate(str(target))
+    data = deep_merge(_resolve(path, chain=()), overrides or {})
+    data.pop("extends", None)
+    data["source"] = str(path)
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_describe(path, exc), hint="Fix the profile (see `edgepack targets show NAME`).") from exc
+
+
+def load_all() -> list[Profile]:
+    return [load_profile(name) for name in builtin_names()]
+
+
+def _locate(target: str) -> Path:
+    candidate = Path(target)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise ProfileError(f"profile file {target} does not exist.", hint="Give a path to a .toml file.")
+        return candidate.resolve()
+    builtin = targets_dir() / f"{target}.toml"
+    if builtin.is_file():
+        return builtin
+    raise ProfileError(
+        f"unknown target {target!r}.",
+        hint=f"Known targets: {', '.join(builtin_names())}; or give a path to your own .toml profile.",
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML ({exc}).", hint="Fix the syntax of the profile.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read the profile ({exc}).") from exc
+
+
+def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise ProfileError(f"{path}: profiles extend each other in a cycle ({cycle}).")
+    data = _read_toml(path)
+    base_name = data.get("extends")
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ProfileError(f"{path}: 'extends' must be a profile name or a path, got {base_name!r}.")
+    base_path = (path.parent / base_name) if base_name.endswith(".toml") else _locate(base_name)
+    if not base_path.is_file():
+        raise ProfileError(f"{path}: extends {base_name!r}, which does not exist.")
+    base = _resolve(base_path.resolve(), (*chain, path))
+    base.pop("extends", None)
+    return deep_merge(base, data)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value in ``override`` replaces the base's."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif err["type"] == "missing":
+            problems.append(f"missing key '{key}'")
+        else:
+            problems.append(f"'{key}': {err['msg']}")
+    return f"{path}: " + "; ".join(problems) + "."

@@ -1,0 +1,101 @@
+"""One target's tail of the pipeline: static check, validation, bundle, device check, archive."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgepack.artifact import Artifact, ModelFormat
+from edgepack.errors import ConversionError
+from edgepack.profiles import Profile, Runtime, Step
+
+REPORT_DIR = "report"  # volatile measurements and reports; outside the manifest and the archive
+
+if TYPE_CHECKING:
+    from edgepack.pipeline import TargetPlan, TargetResult, _Run
+
+
+def static_check(artifact: Artifact, profile: Profile) -> dict[str, Any]:
+    """Operator compatibility of the final artifact with the profile's runtime (fails on unsupported ops)."""
+    from edgepack.compat import check_compatibility
+    from edgepack.inspect import op_histogram
+
+    if artifact.format is ModelFormat.OPENVINO:
+        return {"checked": False, "note": "OpenVINO read and compiled the IR during validation"}
+    ops = op_histogram(artifact.path, artifact.format)
+    verdict = check_compatibility(ops, profile, opset=artifact.meta.get("opset"))
+    result = {"checked": True, **verdict.to_dict()}
+    if not verdict.ok:
+        raise ConversionError(
+            f"{profile.name}: {profile.runtime.value} cannot run operator(s) {', '.join(verdict.unsupported)}.",
+            hint="Replace them in the model, or choose another target (see `edgepack inspect MODEL`).",
+        )
+    return result
+
+
+def package_target(run: _Run, target: TargetPlan) -> TargetResult:
+    """Convert, check, validate and write one target's bundle atomically."""
+    from edgepack.atomic import staged_output
+    from edgepack.bundle import base_manifest, build_engine_script, stage_files, write_manifest
+    from edgepack.pipeline import TargetResult
+    from edgepack.validate import validate
+
+    profile = target.profile
+    assert run.source is not None
+    artifact, steps = run.artifact_for(target)
+    compat = static_check(artifact, profile)
+    run.progress(f"{profile.name}: validating {artifact.format.value} against the source")
+    report = validate(run.source, artifact, run.samples, profile.accuracy, seed=run.options.seed)
+    report.raise_if_failed()
+
+    manifest = base_manifest(profile=profile, source=run.source, artifact=artifact)
+    manifest["steps"] = [*steps, {"name": "validate", "runtime": report.to_dict().get("candidate_runtime")}]
+    manifest["validation"] = report.to_dict()
+    manifest["compatibility"] = compat
+    manifest["data"] = run.data_description
+    extra: dict[str, str] = {}
+    if profile.runtime is Runtime.TENSORRT:
+        extra["build_engine.sh"] = build_engine_script(profile, Path(artifact.path).name)
+
+    target.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    archive = target.out_dir.parent / f"{profile.name}.tar.gz"
+    with staged_output(target.out_dir, force=run.options.force) as staging:
+        stage_files(staging, profile=profile, artifact=artifact, extra_files=extra)
+        write_manifest(staging, manifest)
+        measurements: dict[str, Any] = {}
+        if Step.DEVICE_CHECK in profile.steps and run.options.device_check:
+            from edgepack.devicecheck import check_bundle
+
+            run.progress(f"{profile.name}: device check ({profile.emulation.mode})")
+            check = dict(check_bundle(staging, profile, samples=run.samples, seed=run.options.seed))
+            if "latency" in check:  # wall-clock figures vary run to run: kept out of the manifest
+                measurements["latency"] = check.pop("latency")
+            manifest["device_check"] = check
+        else:
+            manifest["device_check"] = {"ran": False, "reason": "skipped (--no-device-check)"}
+        sealed = write_manifest(staging, manifest)
+        if run.options.sign_key is not None:
+            from edgepack.signing import sign_file
+
+            sign_file(staging / "manifest.json", run.options.sign_key)
+        write_reports(staging / REPORT_DIR, sealed, measurements)
+        tmp_archive = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
+        try:
+            from edgepack.archive import write_deterministic_tar
+
+            write_deterministic_tar(staging, tmp_archive, arcname_root=profile.name, exclude=(REPORT_DIR,))
+            os.replace(tmp_archive, archive)
+        finally:
+            tmp_archive.unlink(missing_ok=True)
+    return TargetResult(profile.name, target.out_dir, archive, sealed)
+
+
+def write_reports(folder: Path, manifest: dict[str, Any], measurements: dict[str, Any]) -> None:
+    """report/: report.md and measurements.json (volatile, not in the manifest nor the archive)."""
+    from edgepack.report import render_markdown
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.md").write_text(render_markdown(manifest, measurements))
+    (folder / "measurements.json").write_text(json.dumps(measurements, indent=2, sort_keys=True) + "\n")
