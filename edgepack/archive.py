@@ -128,6 +128,7 @@ def write_deterministic_tar(src_dir: Path, dest: Path, *, arcname_root: str, exc
     if len(root.parts) != 1 or arcname_root in (".", "..") or "\\" in arcname_root:
         raise UsageError(f"arcname_root {arcname_root!r} is not a plain folder name.", hint="Use e.g. 'bundle'.")
     entries = _walk(src_dir, frozenset(PurePosixPath(e).as_posix() for e in exclude))
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with (
         atomic_open(dest, mode=0o644) as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=COMPRESSLEVEL) as gz,

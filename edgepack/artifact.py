@@ -120,13 +120,18 @@ class Artifact:
         meta: Mapping[str, Any] | None = None,
     ) -> Artifact:
         path = Path(path)
+        files = tuple(Path(f) for f in files) or (path,)
+        if len(files) == 1:
+            digest = sha256_file(files[0])
+        else:  # e.g. an OpenVINO IR: the .xml and its .bin are one model
+            digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
         return cls(
             path=path,
             format=format,
-            sha256=sha256_file(path),
+            sha256=digest,
             inputs=tuple(inputs),
             outputs=tuple(outputs),
-            files=tuple(files) or (path,),
+            files=files,
             meta=dict(meta or {}),
         )
 

@@ -7,7 +7,6 @@ renamed into place only when complete (see :mod:`edgepack.atomic`); the
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepack import __version__
-from edgepack.artifact import Artifact, sha256_file
+from edgepack.artifact import Artifact
 from edgepack.errors import ProfileError
 from edgepack.profiles import Profile, Runtime
 
@@ -58,7 +57,11 @@ def build_engine_script(profile: Profile, model_file: str, *, int8_qdq: bool = F
     """A ``build_engine.sh`` that runs trtexec on the device with flags for the profile's precision."""
     if profile.tensorrt is None:
         raise ProfileError(f"profile {profile.name} has no [tensorrt] table; it cannot build a TensorRT engine.")
-    flags = [f"--onnx={model_file}", "--saveEngine=model.engine", f"--memPoolSize=workspace:{profile.tensorrt.workspace_mib}M"]
+    flags = [
+        f"--onnx={model_file}",
+        "--saveEngine=model.engine",
+        f"--memPoolSize=workspace:{profile.tensorrt.workspace_mib}M",
+    ]
     if int8_qdq:
         # Explicit Q/DQ: TensorRT 10 takes the scales from the graph; no calibration cache.
         major = int(profile.tensorrt.tensorrt_version.split(".")[0])
@@ -92,21 +95,6 @@ def stage_files(staging: Path, *, profile: Profile, artifact: Artifact, extra_fi
         (staging / name).write_text(text)
         if name.endswith(".sh"):
             (staging / name).chmod(0o755)
-
-
-def write_manifest(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Digest every file in ``staging``, seal the manifest and write it; returns the sealed manifest."""
-    from edgepack.verify import seal_manifest
-
-    manifest = dict(manifest)
-    manifest["files"] = {
-        p.relative_to(staging).as_posix(): sha256_file(p)
-        for p in sorted(staging.rglob("*"))
-        if p.is_file() and p.name not in ("manifest.json", "manifest.json.sig")
-    }
-    sealed = seal_manifest(manifest)
-    (staging / "manifest.json").write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
-    return sealed
 
 
 def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> dict[str, Any]:

@@ -47,7 +47,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable 
 TrustOpt = Annotated[
     bool, typer.Option("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
 ]
-NoCheckOpt = Annotated[bool, typer.Option("--no-device-check", help="Skip running the bundle on the (emulated) device.")]
+NoCheckOpt = Annotated[
+    bool, typer.Option("--no-device-check", help="Skip running the bundle on the (emulated) device.")
+]
 SignOpt = Annotated[Path | None, typer.Option("--sign", help="Sign each manifest with this Ed25519 private key.")]
 
 
@@ -70,8 +72,20 @@ def _main(
         os.environ["EDGEPACK_DEBUG"] = "1"
 
 
-def _run_package(model: Path, targets: list[Any], *, out_dir: Path, input_shape: list[str] | None, data: Path | None,
-                 force: bool, dry_run: bool, as_json: bool, trust: bool, no_check: bool, sign: Path | None) -> None:
+def _run_package(
+    model: Path,
+    targets: list[Any],
+    *,
+    out_dir: Path,
+    input_shape: list[str] | None,
+    data: Path | None,
+    force: bool,
+    dry_run: bool,
+    as_json: bool,
+    trust: bool,
+    no_check: bool,
+    sign: Path | None,
+) -> None:
     from edgepack import api
 
     if dry_run:
@@ -88,8 +102,16 @@ def _run_package(model: Path, targets: list[Any], *, out_dir: Path, input_shape:
 
         try:
             result = api.package(
-                model, targets=targets, out=out_dir, input_shapes=input_shape, data=data, force=force,
-                trust_code=trust, device_check=not no_check, sign_key=sign, progress=progress,
+                model,
+                targets=targets,
+                out=out_dir,
+                input_shapes=input_shape,
+                data=data,
+                force=force,
+                trust_code=trust,
+                device_check=not no_check,
+                sign_key=sign,
+                progress=progress,
             )
         except EdgepackError as exc:
             partial = getattr(exc, "result", None)
@@ -191,8 +213,19 @@ def package(
     sign: SignOpt = None,
 ) -> None:
     """Package MODEL for one or more targets."""
-    _run_package(model, target, out_dir=out_dir, input_shape=input_shape, data=data, force=force, dry_run=dry_run,
-                 as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+    _run_package(
+        model,
+        target,
+        out_dir=out_dir,
+        input_shape=input_shape,
+        data=data,
+        force=force,
+        dry_run=dry_run,
+        as_json=as_json,
+        trust=trust,
+        no_check=no_check,
+        sign=sign,
+    )
 
 
 @app.command()
@@ -210,8 +243,19 @@ def android(
     sign: SignOpt = None,
 ) -> None:
     """Package MODEL for Android phones (LiteRT .tflite)."""
-    _run_package(model, ["android-arm64-gpu" if gpu else "android-arm64"], out_dir=out_dir, input_shape=input_shape,
-                 data=data, force=force, dry_run=dry_run, as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+    _run_package(
+        model,
+        ["android-arm64-gpu" if gpu else "android-arm64"],
+        out_dir=out_dir,
+        input_shape=input_shape,
+        data=data,
+        force=force,
+        dry_run=dry_run,
+        as_json=as_json,
+        trust=trust,
+        no_check=no_check,
+        sign=sign,
+    )
 
 
 @app.command()
@@ -232,14 +276,32 @@ def rpi(
     """Package MODEL for a Raspberry Pi."""
     from edgepack.errors import UsageError
 
-    names = {("pi4", "litert"): "rpi4-arm64", ("pi5", "litert"): "rpi5-arm64", ("armv7", "litert"): "rpi-armv7",
-             ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime", ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime"}
+    names = {
+        ("pi4", "litert"): "rpi4-arm64",
+        ("pi5", "litert"): "rpi5-arm64",
+        ("armv7", "litert"): "rpi-armv7",
+        ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime",
+        ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime",
+    }
     name = names.get((board, runtime))
     if name is None:
-        raise UsageError(f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
-                         hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).")
-    _run_package(model, [name], out_dir=out_dir, input_shape=input_shape, data=data, force=force, dry_run=dry_run,
-                 as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+        raise UsageError(
+            f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
+            hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).",
+        )
+    _run_package(
+        model,
+        [name],
+        out_dir=out_dir,
+        input_shape=input_shape,
+        data=data,
+        force=force,
+        dry_run=dry_run,
+        as_json=as_json,
+        trust=trust,
+        no_check=no_check,
+        sign=sign,
+    )
 
 
 @app.command()
@@ -256,8 +318,19 @@ def openvino(
     sign: SignOpt = None,
 ) -> None:
     """Package MODEL for Intel CPUs with OpenVINO (IR .xml + .bin)."""
-    _run_package(model, ["intel-openvino-cpu"], out_dir=out_dir, input_shape=input_shape, data=data, force=force,
-                 dry_run=dry_run, as_json=as_json, trust=trust, no_check=no_check, sign=sign)
+    _run_package(
+        model,
+        ["intel-openvino-cpu"],
+        out_dir=out_dir,
+        input_shape=input_shape,
+        data=data,
+        force=force,
+        dry_run=dry_run,
+        as_json=as_json,
+        trust=trust,
+        no_check=no_check,
+        sign=sign,
+    )
 
 
 @app.command()
@@ -283,8 +356,19 @@ def jetson(
     if precision:
         overrides["precision"] = precision
     profile = load_profile("jetson-orin-trt", overrides=overrides)
-    _run_package(model, [profile], out_dir=out_dir, input_shape=input_shape, data=data, force=force, dry_run=dry_run,
-                 as_json=as_json, trust=trust, no_check=True, sign=sign)
+    _run_package(
+        model,
+        [profile],
+        out_dir=out_dir,
+        input_shape=input_shape,
+        data=data,
+        force=force,
+        dry_run=dry_run,
+        as_json=as_json,
+        trust=trust,
+        no_check=True,
+        sign=sign,
+    )
 
 
 @app.command()
@@ -300,8 +384,10 @@ def verify(
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
-        out.print(f"[green]verified[/green] {bundle}: " + ", ".join(f"{k}={v}" for k, v in report.to_dict().items()
-                                                                    if not isinstance(v, list | dict)))
+        out.print(
+            f"[green]verified[/green] {bundle}: "
+            + ", ".join(f"{k}={v}" for k, v in report.to_dict().items() if not isinstance(v, list | dict))
+        )
 
 
 @app.command()
@@ -322,6 +408,9 @@ def keygen(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; edgepack errors become one line on stderr and their exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    # The CLI owns its process: keep TensorFlow's C++ logging and OpenVINO/NNCF telemetry quiet.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("NNCF_CI", "1")
     try:
         app(args=argv, prog_name="edgepack")  # Typer/click print usage errors themselves (exit 2)
     except SystemExit as exc:
@@ -331,9 +420,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("edgepack: interrupted; nothing was written.")
-        return 130
+    except KeyboardInterrupt as exc:
+        from edgepack.atomic import Terminated
+
+        err.print("edgepack: interrupted; no partial bundle was left behind.")
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # a bug: one line, the traceback only with --debug
         if debug:
             raise

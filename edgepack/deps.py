@@ -23,6 +23,7 @@ EXTRAS: dict[str, str] = {
     "ai_edge_litert": "tflite",
     "matplotlib": "report",
     "cryptography": "sign",
+    "PIL": "images",
 }
 
 

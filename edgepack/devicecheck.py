@@ -97,13 +97,28 @@ def check_bundle(
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
         tmpdir = Path(tmp)
         np.savez(tmpdir / "in.npz", **dict(zip(names, feeds)))
-        args = ["--input", str(tmpdir / "in.npz"), "--output", str(tmpdir / "out.npz"), "--report",
-                str(tmpdir / "stats.json"), "--runs", str(profile.latency.runs), "--warmup",
-                str(profile.latency.warmup), "--threads", str(profile.latency.threads), "--precision", "f32"]
+        args = [
+            "--input",
+            str(tmpdir / "in.npz"),
+            "--output",
+            str(tmpdir / "out.npz"),
+            "--report",
+            str(tmpdir / "stats.json"),
+            "--runs",
+            str(profile.latency.runs),
+            "--warmup",
+            str(profile.latency.warmup),
+            "--threads",
+            str(profile.latency.threads),
+            "--precision",
+            "f32",
+        ]
         proc = run_native(bundle, args)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise DeviceCheckError(f"{profile.name}: run.py failed natively: {tail[0]}", hint="See the bundle's run.py.")
+            raise DeviceCheckError(
+                f"{profile.name}: run.py failed natively: {tail[0]}", hint="See the bundle's run.py."
+            )
         stats = json.loads((tmpdir / "stats.json").read_text())
         with np.load(tmpdir / "out.npz", allow_pickle=False) as data:
             device = {k: data[k] for k in data.files}
@@ -119,6 +134,8 @@ def check_bundle(
         "runtime_version": stats["runtime_version"],
         "precision": "f32" if profile.runtime.value == "openvino" else None,
         "agreement": agreement,
-        "latency": {"label": "measured on this host (x86_64), not on the target device",
-                    **summarize_latency(stats["latency_ms"])},
+        "latency": {
+            "label": "measured on this host (x86_64), not on the target device",
+            **summarize_latency(stats["latency_ms"]),
+        },
     }

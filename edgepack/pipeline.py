@@ -241,8 +241,9 @@ class _Run:
                 current, record = self.hop(current, fmt, target.profile)
                 records.append(record)
             if current.format is ModelFormat.ONNX:
-                for current, record in self.prepare_onnx(current, target.profile):  # noqa: B007
-                    records.append(record)
+                prepared = self.prepare_onnx(current, target.profile)
+                records.extend(record for _, record in prepared)
+                current = prepared[-1][0] if prepared else current
         return current, records
 
 
@@ -269,7 +270,9 @@ def run_plan(plan: Plan, options: Options, *, progress: Progress | None = None) 
             except Exception as exc:  # noqa: BLE001 - a bug; reported per target, with --debug the cause
                 if os.environ.get("EDGEPACK_DEBUG"):
                     raise
-                err = InternalError(f"internal error while packaging {target.profile.name}: {exc!r}.",
-                                    hint="Rerun with --debug and report it.")
+                err = InternalError(
+                    f"internal error while packaging {target.profile.name}: {exc!r}.",
+                    hint="Rerun with --debug and report it.",
+                )
                 results.append(TargetResult(target.profile.name, None, None, None, err.one_line(), err.exit_code))
     return PackageResult(plan, tuple(results))

@@ -53,8 +53,11 @@ def render_markdown(manifest: Mapping[str, Any], measurements: Mapping[str, Any]
         + (f" (precision {validation['precision']})" if validation.get("precision") else "")
         + "."
     )
-    lines += ["", *_table(list(validation.get("outputs", [])),
-                          ["name", "max_abs_error", "cosine", "sqnr_db", "top1_agreement"]), ""]
+    lines += [
+        "",
+        *_table(list(validation.get("outputs", [])), ["name", "max_abs_error", "cosine", "sqnr_db", "top1_agreement"]),
+        "",
+    ]
     compat = manifest.get("compatibility") or {}
     lines += ["## Operator compatibility", "", _compat_line(compat), ""]
     lines += ["## Device check", "", *_device_lines(manifest.get("device_check") or {}, measurements or {}), ""]
@@ -75,7 +78,8 @@ def _device_lines(check: Mapping[str, Any], measurements: Mapping[str, Any]) -> 
         return [f"Not run: {check.get('reason', 'skipped')}."]
     lines = [
         f"- runner: {check.get('runner')} ({check.get('machine')}"
-        + (f", emulated CPU {check['cpu']}" if check.get("cpu") else "") + ")",
+        + (f", emulated CPU {check['cpu']}" if check.get("cpu") else "")
+        + ")",
         f"- runtime on the device: {check.get('runtime')} {check.get('runtime_version')}",
         f"- outputs agree with the host: {check.get('agreement', {}).get('agree')}",
     ]

@@ -225,7 +225,8 @@ def verify_signature(manifest_path: Path, sig_path: Path, public_key_path: Path)
     except InvalidSignature as exc:
         raise VerificationError(
             f"signature {Path(sig_path).name} does not match {manifest_path.name} for key "
-            f"{_fingerprint_of(key)} ({public_key_path}).",
-            hint="The manifest was changed after signing, or it was signed with another key.",
+            f"{_fingerprint_of(key)} ({public_key_path}): the manifest was changed after signing, "
+            "or it was signed with another key.",
+            hint="Re-download the bundle, or check that you have the signer's public key.",
         ) from exc
     return _fingerprint_of(key)

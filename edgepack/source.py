@@ -138,7 +138,9 @@ def _keras_config(path: Path, fmt: ModelFormat) -> Any:
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
-        raise ModelError(f"{path} is damaged: cannot read its Keras config ({exc}).", hint="Re-export the model.") from exc
+        raise ModelError(
+            f"{path} is damaged: cannot read its Keras config ({exc}).", hint="Re-export the model."
+        ) from exc
 
 
 def load_keras(path: str | Path, fmt: ModelFormat, *, trust_code: bool = False) -> Any:
@@ -175,7 +177,9 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- I/O specs
 
 
-def read_io(path: str | Path, fmt: ModelFormat, *, trust_code: bool = False) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def read_io(
+    path: str | Path, fmt: ModelFormat, *, trust_code: bool = False
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of a model, as written in the file (dynamic dims are None)."""
     reader = _IO_READERS.get(fmt)
     if reader is None:
@@ -228,7 +232,9 @@ def _io_keras(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[Tens
 
     def spec(tensor: Any, fallback: str) -> TensorSpec:
         shape = tuple(None if d is None else int(d) for d in tensor.shape)
-        name = getattr(tensor, "name", None) or fallback
+        history = getattr(tensor, "_keras_history", None)  # the producing layer's name, e.g. "logits"
+        layer = getattr(history[0], "name", None) if history else None
+        name = layer or getattr(tensor, "name", None) or fallback
         dtype = str(getattr(tensor.dtype, "name", tensor.dtype))
         return TensorSpec(name.split(":")[0], shape, dtype, guess_layout(shape))
 

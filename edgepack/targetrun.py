@@ -20,25 +20,22 @@ if TYPE_CHECKING:
 def static_check(artifact: Artifact, profile: Profile) -> dict[str, Any]:
     """Operator compatibility of the final artifact with the profile's runtime (fails on unsupported ops)."""
     from edgepack.compat import check_compatibility
-    from edgepack.inspect import op_histogram
+    from edgepack.inspect import operators
 
     if artifact.format is ModelFormat.OPENVINO:
         return {"checked": False, "note": "OpenVINO read and compiled the IR during validation"}
-    ops = op_histogram(artifact.path, artifact.format)
-    verdict = check_compatibility(ops, profile, opset=artifact.meta.get("opset"))
-    result = {"checked": True, **verdict.to_dict()}
-    if not verdict.ok:
+    ops, kind, opset, versions = operators(Path(artifact.path), artifact.format)
+    verdict = check_compatibility(ops, profile, opset=opset, op_kind=kind, op_versions=versions)
+    if verdict.unsupported:
         raise ConversionError(
             f"{profile.name}: {profile.runtime.value} cannot run operator(s) {', '.join(verdict.unsupported)}.",
             hint="Replace them in the model, or choose another target (see `edgepack inspect MODEL`).",
         )
-    return result
+    return {"checked": True, **verdict.to_dict()}
 
 
 def package_target(run: _Run, target: TargetPlan) -> TargetResult:
-    """Convert, check, validate and write one target's bundle atomically."""
-    from edgepack.atomic import staged_output
-    from edgepack.bundle import base_manifest, build_engine_script, stage_files, write_manifest
+    """Convert, check and validate one target, then write its bundle and archive atomically."""
     from edgepack.pipeline import TargetResult
     from edgepack.validate import validate
 
@@ -50,46 +47,65 @@ def package_target(run: _Run, target: TargetPlan) -> TargetResult:
     report = validate(run.source, artifact, run.samples, profile.accuracy, seed=run.options.seed)
     report.raise_if_failed()
 
+    from edgepack.bundle import base_manifest
+
     manifest = base_manifest(profile=profile, source=run.source, artifact=artifact)
     manifest["steps"] = [*steps, {"name": "validate", "runtime": report.to_dict().get("candidate_runtime")}]
     manifest["validation"] = report.to_dict()
     manifest["compatibility"] = compat
     manifest["data"] = run.data_description
+    manifest["unsealed"] = [REPORT_DIR]
+    archive, sealed = write_bundle(run, target, artifact, manifest)
+    return TargetResult(profile.name, target.out_dir, archive, sealed)
+
+
+def write_bundle(run: _Run, target: TargetPlan, artifact: Artifact, manifest: dict[str, Any]) -> tuple[Path, dict]:
+    """Stage the bundle, run the device check in it, seal, sign, archive; rename into place last."""
+    from edgepack.archive import write_deterministic_tar
+    from edgepack.atomic import staged_output
+    from edgepack.bundle import build_engine_script, stage_files
+    from edgepack.errors import OutputExistsError
+    from edgepack.verify import write_manifest
+
+    profile = target.profile
     extra: dict[str, str] = {}
     if profile.runtime is Runtime.TENSORRT:
         extra["build_engine.sh"] = build_engine_script(profile, Path(artifact.path).name)
-
     target.out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = target.out_dir.parent / f"{profile.name}.tar.gz"
-    with staged_output(target.out_dir, force=run.options.force) as staging:
-        stage_files(staging, profile=profile, artifact=artifact, extra_files=extra)
-        write_manifest(staging, manifest)
-        measurements: dict[str, Any] = {}
-        if Step.DEVICE_CHECK in profile.steps and run.options.device_check:
-            from edgepack.devicecheck import check_bundle
+    if archive.exists() and not run.options.force:
+        raise OutputExistsError(f"{archive} already exists.", hint="Use --force to replace it, or another --out.")
+    tmp_archive = target.out_dir.parent / f".{archive.name}.tmp-{os.getpid()}"
+    try:
+        with staged_output(target.out_dir, force=run.options.force) as staging:
+            stage_files(staging, profile=profile, artifact=artifact, extra_files=extra)
+            write_manifest(staging, manifest)
+            measurements = device_check(run, profile, staging, manifest)
+            sealed = write_manifest(staging, manifest)
+            if run.options.sign_key is not None:
+                from edgepack.signing import sign_file
 
-            run.progress(f"{profile.name}: device check ({profile.emulation.mode})")
-            check = dict(check_bundle(staging, profile, samples=run.samples, seed=run.options.seed))
-            if "latency" in check:  # wall-clock figures vary run to run: kept out of the manifest
-                measurements["latency"] = check.pop("latency")
-            manifest["device_check"] = check
-        else:
-            manifest["device_check"] = {"ran": False, "reason": "skipped (--no-device-check)"}
-        sealed = write_manifest(staging, manifest)
-        if run.options.sign_key is not None:
-            from edgepack.signing import sign_file
-
-            sign_file(staging / "manifest.json", run.options.sign_key)
-        write_reports(staging / REPORT_DIR, sealed, measurements)
-        tmp_archive = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
-        try:
-            from edgepack.archive import write_deterministic_tar
-
+                sign_file(staging / "manifest.json", run.options.sign_key)
+            write_reports(staging / REPORT_DIR, sealed, measurements)
             write_deterministic_tar(staging, tmp_archive, arcname_root=profile.name, exclude=(REPORT_DIR,))
-            os.replace(tmp_archive, archive)
-        finally:
-            tmp_archive.unlink(missing_ok=True)
-    return TargetResult(profile.name, target.out_dir, archive, sealed)
+        os.replace(tmp_archive, archive)  # right after the folder: both are complete at every instant
+    finally:
+        tmp_archive.unlink(missing_ok=True)
+    return archive, sealed
+
+
+def device_check(run: _Run, profile: Profile, staging: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Run the staged bundle on the device; facts go into the manifest, wall-clock figures are returned."""
+    if Step.DEVICE_CHECK not in profile.steps or not run.options.device_check:
+        manifest["device_check"] = {"ran": False, "reason": "skipped (--no-device-check)"}
+        return {}
+    from edgepack.devicecheck import check_bundle
+
+    run.progress(f"{profile.name}: device check ({profile.emulation.mode})")
+    check = dict(check_bundle(staging, profile, samples=run.samples, seed=run.options.seed))
+    measurements = {"latency": check.pop("latency")} if "latency" in check else {}
+    manifest["device_check"] = check
+    return measurements
 
 
 def write_reports(folder: Path, manifest: dict[str, Any], measurements: dict[str, Any]) -> None:

@@ -174,6 +174,7 @@ class VerifyReport:
     unsealed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON types."""
         out = asdict(self)
         out["unsealed"] = list(self.unsealed)
         return out

@@ -29,8 +29,13 @@ def test_help_imports_no_heavy_framework():
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgepack", *args], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "CI": "true"})
+    return subprocess.run(
+        [sys.executable, "-m", "edgepack", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "CI": "true"},
+    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -61,8 +66,18 @@ def test_missing_and_corrupt_models(tmp_path):
 
 
 def test_bad_input_shape_flag(tmp_path, tiny_onnx_dynamic_path):
-    proc = run_cli(["package", str(tiny_onnx_dynamic_path), "-t", "rpi4-arm64", "--input-shape", "x=1,a",
-                    "--out", str(tmp_path / "o")])
+    proc = run_cli(
+        [
+            "package",
+            str(tiny_onnx_dynamic_path),
+            "-t",
+            "rpi4-arm64",
+            "--input-shape",
+            "x=1,a",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert proc.returncode == UsageError.exit_code
     assert "--input-shape" in _one_line_error(proc)
 

@@ -14,8 +14,11 @@ from edgepack.source import detect_format, open_source, parse_input_shapes
 
 
 def test_format_is_detected_from_content_not_extension(tmp_path, tiny_onnx_path, tiny_tflite_path, tiny_keras_path):
-    for src, fmt in ((tiny_onnx_path, ModelFormat.ONNX), (tiny_tflite_path, ModelFormat.TFLITE),
-                     (tiny_keras_path, ModelFormat.KERAS)):
+    for src, fmt in (
+        (tiny_onnx_path, ModelFormat.ONNX),
+        (tiny_tflite_path, ModelFormat.TFLITE),
+        (tiny_keras_path, ModelFormat.KERAS),
+    ):
         renamed = tmp_path / f"model_{fmt.value}.bin"
         shutil.copyfile(src, renamed)
         assert detect_format(renamed) is fmt

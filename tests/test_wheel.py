@@ -15,13 +15,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory) -> Path:
     wheels = tmp_path_factory.mktemp("wheels")
     target = tmp_path_factory.mktemp("site")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheels)],
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheels)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if build.returncode != 0:
         pytest.fail(f"building the wheel failed: {build.stderr[-2000:]}")
     wheel = next(wheels.glob("edgepack-*.whl"))
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                              str(wheel)], capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stderr
     return target
 
@@ -36,8 +44,14 @@ def test_wheel_ships_profiles_and_calibration(installed, tmp_path):
         "data = np.load(r.calibration_dir() / 'digits' / 'digits.npz')\n"
         "print(edgepack.__file__, len(names), data['x'].shape)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert str(installed) in proc.stdout and "(300, 8, 8, 1)" in proc.stdout
     assert int(proc.stdout.split()[1]) >= 7

@@ -82,7 +82,7 @@ def scan(name: str, blocks: Iterable[tuple[str, np.ndarray]], spec: TensorSpec, 
     check_range = needs_range_check(dtype, spec)
     nan: dict[str, int] = {}
     inf: dict[str, int] = {}
-    low, high = None, None
+    low, high = np.inf, -np.inf
     for where, block in blocks:
         if block.size == 0:
             continue
@@ -90,8 +90,7 @@ def scan(name: str, blocks: Iterable[tuple[str, np.ndarray]], spec: TensorSpec, 
             nan[where] = nan.get(where, 0) + int(np.isnan(block).sum())
             inf[where] = inf.get(where, 0) + int(np.isinf(block).sum())
         if check_range:
-            low = min(int(block.min()), low if low is not None else int(block.min()))
-            high = max(int(block.max()), high if high is not None else int(block.max()))
+            low, high = min(low, int(block.min())), max(high, int(block.max()))
     problems = []
     for what, counts in (("NaN", nan), ("Inf", inf)):
         bad = {where: n for where, n in counts.items() if n}
@@ -99,7 +98,7 @@ def scan(name: str, blocks: Iterable[tuple[str, np.ndarray]], spec: TensorSpec, 
             places = ", ".join(f"{n} in {where}" for where, n in list(bad.items())[:5])
             more = f" and {len(bad) - 5} more files" if len(bad) > 5 else ""
             problems.append(f"input '{name}' data has {sum(bad.values())} {what} values ({places}{more})")
-    if check_range and low is not None:
+    if check_range and low <= high:
         info = np.iinfo(np.dtype(spec.dtype))
         if low < info.min or high > info.max:
             problems.append(

@@ -71,11 +71,12 @@ class Preprocess(BaseModel):
         for key in ("mean", "std"):
             values = getattr(self, key)
             if len(values) not in (1, self.channels):
-                raise ValueError(f"{key} has {len(values)} values; give 1 or {self.channels} for {self.channel_order}")
+                wanted = f"give 1 or {self.channels} for {self.channel_order}"
+                raise ValueError(f"'{key}' has {len(values)} values; {wanted}")
             if not all(np.isfinite(values)):
-                raise ValueError(f"{key} must be finite numbers")
+                raise ValueError(f"'{key}' must be finite numbers")
         if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be > 0")
+            raise ValueError("'std' values must be > 0")
         return self
 
     # ------------------------------------------------------------------ loading
@@ -223,8 +224,10 @@ def _number(text: str) -> float:
 def _describe(source: str, exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"][:1]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        key = ".".join(str(p) for p in err["loc"][:1])
+        if not key:  # a check across keys: its message names them
+            problems.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         else:
             problems.append(f"'{key}': {err['msg']}")

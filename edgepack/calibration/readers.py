@@ -162,7 +162,8 @@ def _read_images(
             hint=f"Add a {PREPROCESS_FILE} to the folder (size, layout, channel_order, scale, mean, std)"
             " or pass the preprocessing options.",
         )
-    loaded = Loaded("image-folder", labels=labels, classes=classes, files=files, preprocess=pre, preprocess_applied=True)
+    loaded = Loaded("image-folder", labels=labels, classes=classes, files=files, preprocess=pre)
+    loaded.preprocess_applied = True
     if not _single_input(inputs, "a folder of images", loaded.problems):
         return loaded
     spec = inputs[0]

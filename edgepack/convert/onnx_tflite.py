@@ -8,8 +8,9 @@ warning filters, seeds the global RNGs, enables TF op determinism and sets
 * it overwrites its input ONNX in place (after running the ``onnxsim`` command,
   which must be on PATH): it gets a copy, with the source's static shapes;
 * for image models with a static batch (4-D inputs whose last dim is 3) it
-  downloads a sample ``.npy`` from GitHub and crashes offline; no option turns
-  that off, so the child replaces the download with seeded random images;
+  downloads a sample ``.npy`` from GitHub and crashes offline (onnx2tf issue #932);
+  no option of 1.28.8 turns that off (it only reads the file from the working
+  folder, PR #433), so the child replaces the download with seeded random images;
 * it transposes NCHW inputs to NHWC unless named in
   ``keep_ncw_or_nchw_or_ncdhw_input_names``: every 3-D to 5-D input is named, so
   the .tflite takes the ONNX model's layout. 4-D outputs still come out NHWC;
@@ -121,7 +122,7 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
         ConversionError: onnx2tf fails or times out.
     """
     require("onnx2tf")  # fail early, in this process, with the install command
-    workdir = fresh_dir(workdir)
+    workdir = fresh_dir(workdir).resolve()  # the child runs in another folder
     started = time.perf_counter()
     job = workdir / "onnx2tf"
     job.mkdir(exist_ok=True)

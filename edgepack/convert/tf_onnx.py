@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.convert._common import describe, fresh_dir, read_specs, run_tool, tool_meta
-from edgepack.convert.keras_tflite import fixed_keras_model, load_model, savedmodel_function
+from edgepack.convert.keras_tflite import load_model, savedmodel_function
 from edgepack.deps import require
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def max_opset() -> int:
 def _from_keras(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
     tf = require("tensorflow")
     tf2onnx = require("tf2onnx")
-    model = fixed_keras_model(load_model(src, trust_code=options.trust_code), src.inputs)
+    model = load_model(src, trust_code=options.trust_code)  # the fixed signature fixes the shapes
     signature = [tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=spec.name) for spec in src.inputs]
     tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset, output_path=str(path))
 

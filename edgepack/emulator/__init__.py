@@ -105,6 +105,7 @@ class QemuRunner:
         progress: Called with one-line messages while the guest is being built.
         count_instructions: Count guest instructions per inference when the plugin is available.
         timeout_s: Kill a run after this long.
+        root: Cache root (default: ``$EDGEPACK_CACHE``, see :func:`edgepack.emulator.cache.cache_root`).
     """
 
     name = "qemu-user"
@@ -116,8 +117,9 @@ class QemuRunner:
         progress: Callable[[str], None] | None = None,
         count_instructions: bool = True,
         timeout_s: float = 600,
+        root: Path | None = None,
     ) -> None:
-        self.profile, self.progress = profile, progress
+        self.profile, self.progress, self.root = profile, progress, root
         self.count_instructions, self.timeout_s = count_instructions, timeout_s
         self._env = None
 
@@ -126,7 +128,7 @@ class QemuRunner:
         from edgepack.emulator import qemu
 
         if self._env is None:
-            self._env = qemu.setup(self.profile, progress=self.progress)
+            self._env = qemu.setup(self.profile, progress=self.progress, root=self.root)
         return self._env
 
     def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult:

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgepack.emulator import RunResult, cache, debian, guest, runs_from_args
 from edgepack.emulator import plugin as edgecount
-from edgepack.errors import DeviceCheckError, UsageError
+from edgepack.errors import DeviceCheckError, EdgepackError, UsageError
 
 TOOLS_RELEASE = "bookworm"  # qemu 7.2: its dynamic qemu-user loads plugins
 QEMU_ARCHES = ("aarch64", "arm")
@@ -37,6 +37,7 @@ class QemuTool:
 
     path: Path
     stamp: dict[str, Any]
+    cache_hit: bool = True
 
     def command(self, qemu_arch: str) -> list[str]:
         """The argv prefix that starts ``qemu-<qemu_arch>``."""
@@ -102,7 +103,8 @@ def setup(profile: Any, *, progress: Progress | None = None, root: Path | None =
     path, stamp, hit = cache.build_entry(
         "envs", name, lambda tmp: guest.build(tmp, key, root=root, progress=say), root=root, on_wait=say
     )
-    return EmuEnv(path, stamp, tools, hit and tools.stamp.get("_hit", True), time.perf_counter() - start)
+    guest.cpu_view(path, em.qemu_arch, em.qemu_cpu)  # now, so that runs need not write into the cache
+    return EmuEnv(path, stamp, tools, hit and tools.cache_hit, time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------- qemu and the plugin
@@ -145,29 +147,30 @@ def _tools(qemu_arch: str, say: Progress, root: Path) -> QemuTool:
     name = cache.entry_name(f"qemu-{key['origin']}", key)
 
     def build(tmp: Path) -> dict[str, Any]:
-        apt = _tools_apt(root, host, say)
-        stamp = _use_path_qemu(qemu_arch, found) if found else _fetch_qemu(tmp, apt, say)
+        apt, problem = _tools_apt(root, host, say)
+        stamp = _use_path_qemu(qemu_arch, found) if found else _fetch_qemu(tmp, apt, problem, say)
         if stamp.pop("plugin_capable"):
             say("building the instruction-counting qemu plugin")
             library, reason = edgecount.build(tmp / "plugin", qemu_version=stamp["version"], apt=apt)
             stamp["plugin"] = str(library.relative_to(tmp)) if library else None
-            stamp["plugin_reason"] = reason
+            stamp["plugin_reason"] = reason or ("" if apt else problem)
         return {**stamp, "key": key}
 
     path, stamp, hit = cache.build_entry("tools", name, build, root=root, on_wait=say)
-    return QemuTool(path, {**stamp, "_hit": hit})
+    return QemuTool(path, stamp, hit)
 
 
-def _tools_apt(root: Path, host: str, say: Progress) -> debian.AptState | None:
+def _tools_apt(root: Path, host: str, say: Progress) -> tuple[debian.AptState | None, str]:
+    """The host-architecture apt state (binaries and sources) that qemu and the plugin header come from."""
     try:
         apt = debian.AptState(
             root / "apt" / f"{TOOLS_RELEASE}-{host}-src", arch=host, release=TOOLS_RELEASE, with_sources=True
         )
         say(f"fetching Debian {TOOLS_RELEASE} package lists ({host})")
         apt.update()
-        return apt
-    except DeviceCheckError:
-        return None
+        return apt, ""
+    except EdgepackError as exc:
+        return None, exc.one_line()
 
 
 def _use_path_qemu(qemu_arch: str, found: tuple[str, str, bool]) -> dict[str, Any]:
@@ -183,12 +186,12 @@ def _use_path_qemu(qemu_arch: str, found: tuple[str, str, bool]) -> dict[str, An
     }
 
 
-def _fetch_qemu(tmp: Path, apt: debian.AptState | None, say: Progress) -> dict[str, Any]:
+def _fetch_qemu(tmp: Path, apt: debian.AptState | None, problem: str, say: Progress) -> dict[str, Any]:
     """Fetch Debian's dynamic ``qemu-user`` and the libraries it needs; fall back to ``qemu-user-static``."""
     if apt is None:
         raise DeviceCheckError(
-            f"no qemu-aarch64/qemu-arm on PATH and Debian {TOOLS_RELEASE}'s qemu-user could not be fetched.",
-            hint="Install qemu-user (or qemu-user-static), or check the network, then retry.",
+            f"no qemu-aarch64/qemu-arm on PATH, and Debian {TOOLS_RELEASE}'s qemu-user could not be fetched: {problem}",
+            hint="Install qemu-user (or qemu-user-static), or fix the problem above, then retry.",
         )
     for package in ("qemu-user", "qemu-user-static"):
         say(f"fetching Debian's {package} into the edgepack cache")
@@ -274,7 +277,7 @@ def run(
     """
     em = profile.emulation
     view = guest.cpu_view(env.path, em.qemu_arch, em.qemu_cpu)
-    guest_env = guest.environment(extra_env)
+    guest_env = guest.environment(view, extra_env)
     note = ""
     with tempfile.TemporaryDirectory(prefix="edgepack-qemu-") as tmp:
         counts = Path(tmp) / "counts.json"

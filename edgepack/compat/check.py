@@ -1,0 +1,268 @@
+"""Check a model's operators against the operator table of a target's runtime.
+
+Each runtime has one checker, chosen from :data:`_CHECKERS` by the profile's
+runtime. A checker sorts every operator into supported, unsupported or
+unknown and says why in notes; it never guesses: an operator the tables do not
+settle is ``unknown``, and a verdict with unknown operators is not ``ok``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgepack.compat.tables import OpTable, available, load_table, merge
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgepack.profiles import Profile
+
+OpKind = Literal["onnx", "tflite"]
+
+_CUSTOM_TFLITE = "custom operator (not a TFLite builtin)"
+
+
+@dataclass(frozen=True)
+class CompatVerdict:
+    """Whether one target's runtime can run a model's operators.
+
+    ``ok`` is True only when every operator is known to be supported;
+    ``unsupported`` names every operator known not to be, ``unknown`` every
+    operator no table settles.
+    """
+
+    target: str
+    runtime: str
+    ok: bool
+    unsupported: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    table: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """``compatible``, ``incompatible`` (some op unsupported) or ``unknown``."""
+        if self.unsupported:
+            return "incompatible"
+        return "compatible" if self.ok else "unknown"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "runtime": self.runtime,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "unsupported": list(self.unsupported),
+            "unknown": list(self.unknown),
+            "notes": list(self.notes),
+            "table": self.table,
+        }
+
+
+@dataclass
+class _Findings:
+    unsupported: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    table: str = ""
+
+
+_Checker = Callable[["Profile", Mapping[str, int], "int | None", OpKind, Mapping[str, int]], _Findings]
+
+
+def check_compatibility(
+    ops: Mapping[str, int],
+    profile: Profile,
+    *,
+    opset: int | None,
+    op_kind: OpKind = "onnx",
+    op_versions: Mapping[str, int] | None = None,
+) -> CompatVerdict:
+    """Check a model's operators against the runtime of ``profile``.
+
+    Args:
+        ops: operator -> count. ONNX op types (``domain.OpType`` outside
+            ai.onnx) when ``op_kind`` is ``"onnx"``; TFLite builtin names (or a
+            custom op's name) when it is ``"tflite"``.
+        profile: the target.
+        opset: the model's ai.onnx opset, or None when it has none yet (a Keras
+            model that edgepack will convert at the target's opset).
+        op_kind: which names ``ops`` holds.
+        op_versions: TFLite only: the highest version of each builtin in the model.
+
+    Returns:
+        The verdict, naming every unsupported and every unknown operator.
+    """
+    checker = _CHECKERS.get(profile.runtime.value, _check_unknown_runtime)
+    found = checker(profile, ops, opset, op_kind, op_versions or {})
+    unsupported = tuple(sorted(found.unsupported))
+    unknown = tuple(sorted(found.unknown - found.unsupported))
+    return CompatVerdict(
+        target=profile.name,
+        runtime=profile.runtime.value,
+        ok=not unsupported and not unknown,
+        unsupported=unsupported,
+        unknown=unknown,
+        notes=tuple(dict.fromkeys(found.notes)),
+        table=found.table,
+    )
+
+
+# --------------------------------------------------------------------------- ONNX helpers
+
+
+def _split(op: str) -> tuple[str, str]:
+    """``com.microsoft.FusedConv`` -> (``com.microsoft``, ``FusedConv``); ``Conv`` -> ("", ``Conv``)."""
+    domain, _, op_type = op.rpartition(".")
+    return domain, op_type
+
+
+def _opset_notes(
+    found: _Findings, ops: Mapping[str, int], opset: int | None, target: int | None, who: str, min_opset: int = 1
+) -> None:
+    """Notes on converting the model's opset to the target's; ops missing at the target opset are unsupported."""
+    if opset is not None and target is not None and opset > target:
+        found.notes.append(f"opset {opset} > {who} max {target}; edgepack will convert it down")
+    if opset is not None and opset < min_opset:
+        found.notes.append(f"opset {opset} < {who} min {min_opset}; edgepack will convert it up")
+    if target is None:
+        return
+    try:
+        from onnx import defs
+    except ImportError:
+        found.notes.append("onnx is not installed: whether each op exists at the target opset is not checked")
+        return
+    for op in ops:
+        domain, op_type = _split(op)
+        if domain or not defs.has(op_type):
+            continue
+        try:
+            defs.get_schema(op_type, target, "")
+        except defs.SchemaError:
+            history = defs.get_all_schemas_with_history()
+            first = min(s.since_version for s in history if s.name == op_type and not s.domain)
+            found.unsupported.add(op)
+            found.notes.append(f"{op} needs opset {first} > target opset {target}; it cannot be converted down")
+
+
+def _not_onnx(found: _Findings, ops: Mapping[str, int], runtime: str) -> _Findings:
+    found.unknown.update(ops)
+    found.notes.append(
+        f"{runtime} runs ONNX: edgepack converts this .tflite with tf2onnx, whose ONNX ops are known only after that"
+    )
+    return found
+
+
+def _lookup(found: _Findings, ops: Mapping[str, int], table: OpTable) -> None:
+    """Sort ops by a list table: listed supported, listed unknown, anything else unsupported."""
+    for op in ops:
+        if table.has(op):
+            continue
+        (found.unknown if op in table.unknown else found.unsupported).add(op)
+
+
+# --------------------------------------------------------------------------- checkers
+
+
+def _check_tensorrt(profile: Profile, ops: Mapping[str, int], opset: int | None, kind: OpKind, _: Any) -> _Findings:
+    found = _Findings()
+    if kind != "onnx":
+        return _not_onnx(found, ops, "TensorRT")
+    trt = profile.tensorrt
+    version = trt.tensorrt_version if trt is not None else "?"
+    if f"tensorrt_{version}" not in available():  # a user's profile may name a TensorRT without a table
+        found.unknown.update(ops)
+        found.notes.append(f"edgepack has no operator table for TensorRT {version}")
+        return found
+    table = load_table(f"tensorrt_{version}")
+    found.table = table.name
+    found.notes.append(f"TensorRT {version} (JetPack {trt.jetpack}) ONNX parser ops: {table.provenance}")
+    _lookup(found, ops, table)
+    custom = sorted(op for op in found.unsupported if _split(op)[0])
+    if custom:
+        found.notes.append(f"{', '.join(custom)}: custom-domain ops need a TensorRT plugin")
+    if found.unknown:
+        found.notes.append(f"{', '.join(sorted(found.unknown))}: support in TensorRT {version} is not documented")
+    _opset_notes(found, ops, opset, profile.target_opset, f"TensorRT {version}", int(table.meta.get("min_opset", 1)))
+    return found
+
+
+def _check_onnxruntime(profile: Profile, ops: Mapping[str, int], opset: int | None, kind: OpKind, _: Any) -> _Findings:
+    found = _Findings()
+    if kind != "onnx":
+        return _not_onnx(found, ops, "ONNX Runtime")
+    table = load_table("onnxruntime_cpu")
+    found.table = table.name
+    found.notes.append(f"ONNX Runtime CPU kernels {table.provenance}; the device runs {profile.runtime_version}")
+    run_opset = min(opset, profile.target_opset) if opset and profile.target_opset else opset
+    for op in ops:
+        span = table.opsets.get(op)
+        if span is None:
+            found.unsupported.add(op)
+        elif run_opset is not None and not _split(op)[0] and span[1] is not None and run_opset > span[1]:
+            found.unsupported.add(op)
+            found.notes.append(f"{op} has no CPU kernel after opset {span[1]}")
+    _opset_notes(found, ops, opset, profile.target_opset, "the profile")
+    return found
+
+
+def _check_openvino(profile: Profile, ops: Mapping[str, int], opset: int | None, kind: OpKind, _: Any) -> _Findings:
+    found = _Findings()
+    if kind != "onnx":
+        return _not_onnx(found, ops, "OpenVINO")
+    measured = load_table("openvino_onnx")
+    table = merge("openvino_onnx", measured, load_table("openvino_onnx_domains"))
+    found.table = table.name
+    found.notes.append(f"OpenVINO ONNX frontend: ai.onnx ops {measured.provenance}; other domains transcribed")
+    _lookup(found, ops, table)
+    _opset_notes(found, ops, opset, profile.target_opset, "the profile")
+    return found
+
+
+def _check_litert(profile: Profile, ops: Mapping[str, int], _opset: Any, kind: OpKind, versions: Any) -> _Findings:
+    found = _Findings()
+    table = load_table("litert" if profile.runtime.value == "litert" else "tflite_runtime")
+    if profile.delegate == "gpu":
+        found.notes.append("GPU delegate coverage is not checked; ops it lacks fall back to the CPU")
+    if kind == "onnx":
+        return _onnx_via_onnx2tf(found, ops, table)
+    found.table = table.name
+    found.notes.append(f"TFLite builtin kernels and op versions {table.provenance}")
+    for op in ops:
+        span = table.versions.get(op)
+        if span is None:
+            found.unsupported.add(op)
+            if op.startswith("Flex"):
+                found.notes.append(f"{op} is a select-TF (Flex) op; {table.tool} has no Flex delegate")
+            continue
+        version = versions.get(op)
+        if version is not None and not span[0] <= version <= span[1]:
+            found.unsupported.add(op)
+            found.notes.append(f"{op} v{version} is outside {table.tool}'s v{span[0]}-v{span[1]}")
+    return found
+
+
+def _onnx_via_onnx2tf(found: _Findings, ops: Mapping[str, int], runtime_table: OpTable) -> _Findings:
+    onnx2tf = load_table("onnx2tf")
+    found.table = onnx2tf.name
+    for op in ops:
+        if _split(op)[1] not in onnx2tf.supported:
+            found.unsupported.add(op)
+    found.notes.append(
+        f"ONNX ops checked against the converters of {onnx2tf.tool}; whether each becomes a builtin of "
+        f"{runtime_table.tool} (not a Flex op) shows only after conversion"
+    )
+    return found
+
+
+def _check_unknown_runtime(profile: Profile, ops: Mapping[str, int], *_: Any) -> _Findings:
+    return _Findings(unknown=set(ops), notes=[f"edgepack has no operator table for runtime {profile.runtime.value}"])
+
+
+_CHECKERS: dict[str, _Checker] = {
+    "tensorrt": _check_tensorrt,
+    "onnxruntime": _check_onnxruntime,
+    "openvino": _check_openvino,
+    "litert": _check_litert,
+    "tflite-runtime": _check_litert,
+}

@@ -1,0 +1,176 @@
+"""Operator compatibility: the shipped tables, the JetPack -> TensorRT -> opset mapping, and each runtime's checker."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from edgepack.compat import CompatVerdict, check_compatibility
+from edgepack.compat.refresh import onnx2tf_ops, onnxruntime_cpu_kernels, tflite_kernels, to_toml
+from edgepack.compat.tables import available, load_table
+from edgepack.deps import version_of
+from edgepack.profiles import Runtime, load_all, load_profile
+
+TABLES = {
+    "litert", "tflite_runtime", "onnxruntime_cpu", "onnx2tf", "openvino_onnx", "openvino_onnx_domains",
+    "tensorrt_8.5", "tensorrt_8.6", "tensorrt_10.3",
+}  # fmt: skip
+
+
+def _jetson(tmp_path, jetpack: str):
+    """The built-in Jetson profile on another JetPack, as a user's own profile file."""
+    path = tmp_path / f"jetson-jp{jetpack}.toml"
+    path.write_text(f'extends = "jetson-orin-trt"\nname = "jetson-jp{jetpack}"\n\n[tensorrt]\njetpack = "{jetpack}"\n')
+    return load_profile(path)
+
+
+# --------------------------------------------------------------------------- tables and the JetPack mapping
+
+
+def test_every_table_loads_and_names_its_source() -> None:
+    assert set(available()) == TABLES
+    for name in TABLES:
+        table = load_table(name)
+        assert table.supported or table.versions or table.opsets, name
+        assert "measured_with" in table.meta or table.meta["source"].startswith("https://"), name
+
+
+def test_jetpack_maps_to_tensorrt_and_its_max_opset() -> None:
+    trt = load_profile("jetson-orin-trt").tensorrt
+    assert trt is not None
+    assert trt.jetpack_tensorrt == {"5.1": "8.5", "6.0": "8.6", "6.1": "10.3", "6.2": "10.3"}
+    assert trt.tensorrt_max_opset == {"8.5": 17, "8.6": 17, "10.3": 20}
+    for version, max_opset in trt.tensorrt_max_opset.items():
+        assert load_table(f"tensorrt_{version}").meta["max_opset"] == max_opset  # profile and table agree
+
+
+def test_every_builtin_profile_has_a_table() -> None:
+    for profile in load_all():
+        verdict = check_compatibility({"Relu": 1}, profile, opset=17)
+        assert verdict.table, profile.name
+        assert verdict.ok, (profile.name, verdict)
+
+
+def test_tensorrt_tables_grow_with_the_release() -> None:
+    old, mid, new = (load_table(f"tensorrt_{v}") for v in ("8.5", "8.6", "10.3"))
+    assert old.supported < mid.supported < new.supported | new.unknown
+    assert {"LayerNormalization", "GroupNormalization", "IsInf"} == mid.supported - old.supported
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+
+def test_tensorrt_85_names_every_unsupported_op_and_the_opset_note(tmp_path) -> None:
+    profile = _jetson(tmp_path, "5.1")
+    ops = {"Conv": 3, "LayerNormalization": 1, "com.example.MyOp": 2, "Relu": 3}
+    verdict = check_compatibility(ops, profile, opset=19)
+    assert isinstance(verdict, CompatVerdict)
+    assert (verdict.target, verdict.runtime, verdict.ok) == ("jetson-jp5.1", "tensorrt", False)
+    assert verdict.unsupported == ("LayerNormalization", "com.example.MyOp")
+    assert verdict.verdict == "incompatible"
+    assert "opset 19 > TensorRT 8.5 max 17; edgepack will convert it down" in verdict.notes
+    assert any("custom-domain ops need a TensorRT plugin" in n for n in verdict.notes)
+
+
+def test_tensorrt_103_runs_layernorm_but_not_custom_domains(tmp_path) -> None:
+    verdict = check_compatibility({"LayerNormalization": 1, "com.example.MyOp": 1}, _jetson(tmp_path, "6.1"), opset=17)
+    assert verdict.unsupported == ("com.example.MyOp",)
+    assert not any("convert it down" in n for n in verdict.notes)
+
+
+def test_tensorrt_undocumented_op_is_unknown_not_supported(tmp_path) -> None:
+    verdict = check_compatibility({"Gelu": 1, "Conv": 1}, _jetson(tmp_path, "6.2"), opset=20)
+    assert (verdict.ok, verdict.unsupported, verdict.unknown, verdict.verdict) == (False, (), ("Gelu",), "unknown")
+
+
+def test_op_newer_than_the_target_opset_cannot_be_converted_down(tmp_path) -> None:
+    verdict = check_compatibility({"GroupNormalization": 1}, _jetson(tmp_path, "6.0"), opset=18)
+    assert verdict.unsupported == ("GroupNormalization",)
+    assert any("needs opset 18 > target opset 17" in n for n in verdict.notes)
+
+
+def test_tflite_ops_on_an_onnx_target_are_unknown() -> None:
+    verdict = check_compatibility({"CONV_2D": 1}, load_profile("jetson-orin-trt"), opset=None, op_kind="tflite")
+    assert (verdict.ok, verdict.unknown) == (False, ("CONV_2D",))
+
+
+# --------------------------------------------------------------------------- ONNX Runtime, OpenVINO
+
+
+def test_onnxruntime_cpu_kernels() -> None:
+    profile = load_profile("rpi4-arm64-onnxruntime")
+    assert check_compatibility({"Conv": 1, "com.microsoft.FusedConv": 1}, profile, opset=17).ok
+    verdict = check_compatibility({"Upsample": 1, "com.example.Foo": 1}, profile, opset=17)
+    assert verdict.unsupported == ("Upsample", "com.example.Foo")
+    assert any("Upsample has no CPU kernel after opset 9" in n for n in verdict.notes)
+
+
+def test_openvino_onnx_frontend() -> None:
+    profile = load_profile("intel-openvino-cpu")
+    assert check_compatibility({"Conv": 1, "com.microsoft.FusedConv": 1, "LpPool": 1}, profile, opset=17).ok
+    verdict = check_compatibility({"Det": 1, "com.microsoft.Inverse": 1, "my.domain.Op": 1}, profile, opset=17)
+    assert verdict.unsupported == ("Det", "com.microsoft.Inverse", "my.domain.Op")
+
+
+# --------------------------------------------------------------------------- LiteRT and tflite-runtime
+
+
+def test_litert_builtins_and_flex_ops() -> None:
+    profile = load_profile("rpi4-arm64")
+    assert check_compatibility({"CONV_2D": 1, "FULLY_CONNECTED": 2}, profile, opset=None, op_kind="tflite").ok
+    verdict = check_compatibility({"CONV_2D": 1, "FlexErf": 1}, profile, opset=None, op_kind="tflite")
+    assert verdict.unsupported == ("FlexErf",)
+    assert any("select-TF (Flex) op" in n for n in verdict.notes)
+
+
+def test_tflite_runtime_214_lacks_newer_ops_and_op_versions() -> None:
+    old, new = load_profile("rpi-armv7"), load_profile("rpi4-arm64")
+    assert old.runtime is Runtime.TFLITE_RUNTIME
+    ops = {"STABLEHLO_ADD": 1, "FULLY_CONNECTED": 1}
+    versions = {"FULLY_CONNECTED": 12}
+    verdict = check_compatibility(ops, old, opset=None, op_kind="tflite", op_versions=versions)
+    assert verdict.unsupported == ("FULLY_CONNECTED", "STABLEHLO_ADD")
+    assert any("FULLY_CONNECTED v12 is outside tflite-runtime 2.14.0's v1-v10" in n for n in verdict.notes)
+    assert check_compatibility(ops, new, opset=None, op_kind="tflite", op_versions=versions).ok
+
+
+def test_onnx_graph_on_litert_goes_through_onnx2tf() -> None:
+    verdict = check_compatibility({"Conv": 1, "Loop": 1}, load_profile("rpi4-arm64"), opset=17)
+    assert verdict.unsupported == ("Loop",)
+    assert any("onnx2tf 1.28.8" in n for n in verdict.notes)
+
+
+def test_gpu_profile_says_delegate_coverage_is_unchecked() -> None:
+    verdict = check_compatibility({"CONV_2D": 1}, load_profile("android-arm64-gpu"), opset=None, op_kind="tflite")
+    assert verdict.ok and any("GPU delegate" in n for n in verdict.notes)
+
+
+# --------------------------------------------------------------------------- regeneration
+
+
+def test_table_writer_round_trips(tmp_path) -> None:
+    text = to_toml(["source: here"], {"table": "x"}, {"supported": ["b", "a"], "opsets": {"com.x.Op": [1, 3]}})
+    data = tomllib.loads(text)
+    assert data["ops"]["supported"] == ["a", "b"] and data["ops"]["opsets"] == {"com.x.Op": [1, 3]}
+
+
+@pytest.mark.skipif(version_of("onnxruntime") != "1.32.0", reason="the table was measured with onnxruntime 1.32.0")
+def test_onnxruntime_table_matches_the_installed_runtime() -> None:
+    table = load_table("onnxruntime_cpu")
+    measured = {k: (v[0], v[1] if len(v) > 1 else None) for k, v in onnxruntime_cpu_kernels().items()}
+    assert measured == dict(table.opsets)
+
+
+@pytest.mark.skipif(version_of("ai-edge-litert") != "2.3.0", reason="the table was measured with ai-edge-litert 2.3.0")
+def test_litert_table_matches_the_installed_runtime() -> None:
+    import ai_edge_litert.schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    measured = {k: tuple(v) for k, v in tflite_kernels(schema, Interpreter).items()}
+    assert measured == dict(load_table("litert").versions)
+
+
+@pytest.mark.skipif(version_of("onnx2tf") != "1.28.8", reason="the table was measured with onnx2tf 1.28.8")
+def test_onnx2tf_table_matches_the_installed_converter() -> None:
+    assert set(onnx2tf_ops()) == load_table("onnx2tf").supported
