@@ -44,7 +44,11 @@ _NO_DIST = re.compile(r"No matching distribution found for (\S+)")
 
 
 def build(tmp: Path, key: dict[str, Any], *, root: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Build a guest environment into ``tmp`` (a cache builder: returns the stamp)."""
+    """Build a guest environment into ``tmp`` (a cache builder: returns the stamp).
+
+    When ``debs`` holds Debian Python packages (``python3-numpy`` on armhf, where PyPI has no
+    numpy wheel), the wheels are fetched without their dependencies: Debian provides those.
+    """
     arch, release, python = key["debian_arch"], key["debian_release"], key["python"]
     start = time.perf_counter()
     apt = debian.AptState(root / "apt" / f"{release}-{arch}", arch=arch, release=release)
