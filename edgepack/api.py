@@ -113,3 +113,87 @@ def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> Any:
     from edgepack.verify import verify_bundle
 
     return verify_bundle(Path(bundle), public_key=Path(public_key) if public_key else None)
+
+
+def check(
+    bundle: str | Path,
+    *,
+    runner: str | None = None,
+    target: TargetLike | None = None,
+    data: str | Path | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Run a bundle's own run.py on its device (emulated by default) and compare with the host.
+
+    ``runner``: ``qemu`` (default for ARM targets), ``native``, ``docker`` or ``ssh://user@host``.
+    ``target`` overrides the profile recorded in the bundle's manifest. Nothing in the bundle is changed.
+    """
+    import json
+    import tempfile
+
+    from edgepack.devicecheck import check_bundle
+    from edgepack.emulator import parse_runner
+    from edgepack.verify import verify_bundle
+
+    bundle = Path(bundle)
+    verify_bundle(bundle)  # never run a bundle that does not match its manifest
+    with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
+        folder = bundle
+        if bundle.is_file():
+            from edgepack.archive import safe_extract
+
+            safe_extract(bundle, Path(tmp) / "x")
+            folder = next(p for p in (Path(tmp) / "x").iterdir() if p.is_dir())
+        manifest = json.loads((folder / "manifest.json").read_text())
+        profile = _bundle_profile(manifest, target)
+        samples = None
+        if data is not None:
+            from edgepack.calibration import load_dataset
+            from edgepack.devicecheck import manifest_specs
+
+            samples = load_dataset(data, manifest_specs(manifest)).take(1).as_lists()
+        kind, options = parse_runner(runner)
+        return check_bundle(folder, profile, samples=samples, seed=seed, runner=kind, runner_options=options,
+                            progress=progress)
+
+
+def _bundle_profile(manifest: Mapping[str, Any], target: TargetLike | None) -> Profile:
+    from edgepack.errors import ProfileError
+
+    if target is not None:
+        return resolve_targets([target])[0]
+    try:
+        return Profile.model_validate(manifest["profile"])
+    except Exception as exc:  # noqa: BLE001 - a manifest from another edgepack version
+        raise ProfileError(
+            "the bundle's manifest holds a profile this edgepack cannot read.",
+            hint="Pass --target NAME to check it against a profile.",
+        ) from exc
+
+
+def emulator_setup(target: TargetLike, *, progress: Callable[[str], None] | None = None) -> Any:
+    """Build (or find in the cache) the emulated environment of a target."""
+    from edgepack.emulator import qemu
+
+    return qemu.setup(resolve_targets([target])[0], progress=progress)
+
+
+def emulator_list() -> list[dict[str, Any]]:
+    """The cached emulated environments and tools."""
+    from edgepack.emulator.cache import list_envs
+
+    return list_envs()
+
+
+def emulator_remove(name: str) -> bool:
+    """Remove a cached environment, by target name or cache entry name; returns whether one existed."""
+    from edgepack.emulator.cache import remove_env
+    from edgepack.emulator.qemu import env_name
+
+    if name in builtin_names() or name.endswith(".toml"):
+        profile = resolve_targets([name])[0]
+        if profile.emulation.mode != "qemu-user":
+            raise UsageError(f"target {profile.name} is not emulated with qemu (nothing cached).")
+        name = env_name(profile)[0]
+    return remove_env(name)

@@ -1,16 +1,19 @@
-"""Running a bundle's own run.py on the device (native, emulated or remote) and comparing with the host.
+"""Running a bundle's own run.py on the device (native, QEMU, Docker or SSH) and comparing with the host.
 
 The host reference is the same artifact run in the host's runtime on the same
-inputs; the device run must agree within the profile's tolerance.
+inputs; the device run must agree within the profile's tolerance. The result
+has two parts: ``facts`` (deterministic: runner, CPU, runtime versions,
+agreement) for the manifest, and ``measurements`` (wall-clock latency,
+instruction counts, estimates) that vary by run or machine, for the report.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,23 @@ import numpy as np
 
 from edgepack.errors import DeviceCheckError
 from edgepack.profiles import Profile
+
+# Runner name -> what its wall-clock latency is (runners may say better with a ``latency_label``).
+LATENCY_LABELS = {
+    "native": "measured natively on this x86_64 host",
+    "qemu-user": "EMULATED (QEMU user-mode TCG on an x86_64 host): not a device time",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Deterministic facts (for the manifest) and volatile measurements (for the report)."""
+
+    facts: dict[str, Any]
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.facts, "measurements": self.measurements}
 
 
 def _inputs(manifest: dict[str, Any], samples: Sequence[Sequence[np.ndarray]] | None, seed: int) -> list[np.ndarray]:
@@ -27,29 +47,36 @@ def _inputs(manifest: dict[str, Any], samples: Sequence[Sequence[np.ndarray]] | 
     return [rng.random(s["shape"], dtype=np.float64).astype(s["dtype"]) for s in manifest["inputs"]]
 
 
-def host_outputs(bundle: Path, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    """Outputs of the bundle's model in the host runtime (the reference)."""
-    import json
+def manifest_specs(manifest: dict[str, Any]) -> tuple[Any, ...]:
+    """The manifest's inputs as TensorSpecs."""
+    from edgepack.artifact import TensorSpec
 
+    return tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"])
+
+
+def host_outputs(bundle: Path, manifest: dict[str, Any], feeds: list[np.ndarray]) -> list[np.ndarray]:
+    """Outputs of the bundle's model in the host runtime (the reference)."""
     from edgepack.artifact import Artifact, ModelFormat, TensorSpec
     from edgepack.runtimes import open_session
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    spec = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
-    out = [TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"]]
+    ins = manifest_specs(manifest)
+    outs = tuple(TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in manifest["outputs"])
+    files = tuple(bundle / f for f in manifest["model"]["files"])
     fmt = ModelFormat(manifest["model"]["format"])
-    artifact = Artifact.from_file(bundle / manifest["model"]["file"], fmt, tuple(spec), tuple(out))
+    artifact = Artifact.from_file(bundle / manifest["model"]["file"], fmt, ins, outs, files=files)
     return open_session(artifact, threads=1, precision="f32").run(feeds)
 
 
-def summarize_latency(times_ms: Sequence[float]) -> dict[str, float]:
+def summarize_latency(times_ms: Sequence[float], label: str) -> dict[str, Any]:
     ordered = sorted(times_ms)
     return {
+        "label": label,
         "median_ms": statistics.median(ordered),
         "min_ms": ordered[0],
         "max_ms": ordered[-1],
         "stdev_ms": statistics.pstdev(ordered) if len(ordered) > 1 else 0.0,
         "runs": len(ordered),
+        "samples_ms": list(ordered),
     }
 
 
@@ -63,79 +90,91 @@ def compare(reference: list[np.ndarray], device: dict[str, np.ndarray], names: l
             continue
         err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
         rows.append({"output": name, "max_abs_error": err})
-        if err > profile.accuracy.max_abs_error:
+        if not err <= profile.accuracy.max_abs_error:
             failures.append(f"{name}: max abs error {err:.3g} > {profile.accuracy.max_abs_error:g}")
     return {"outputs": rows, "agree": not failures, "failures": failures}
 
 
-def run_native(bundle: Path, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(bundle / "run.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=bundle
-    )
-
-
 def check_bundle(
-    bundle: Path, profile: Profile, *, samples: Sequence[Sequence[np.ndarray]] | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """Run the bundle's run.py where the profile says (native, or qemu) and compare with the host.
+    bundle: Path,
+    profile: Profile,
+    *,
+    samples: Sequence[Sequence[np.ndarray]] | None = None,
+    seed: int = 0,
+    runner: str | None = None,
+    runner_options: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> CheckResult:
+    """Run the bundle's run.py where ``runner`` (default: the profile's emulation mode) says; compare with the host.
 
     Raises:
-        DeviceCheckError: run.py failed on the device or its outputs disagree with the host's.
+        DeviceCheckError: run.py failed on the device, or its outputs disagree with the host's.
     """
-    import json
+    from edgepack.emulator import get_runner
 
-    mode = profile.emulation.mode
-    if mode == "none":
-        return {"ran": False, "reason": profile.emulation.reason}
-    if mode == "qemu-user":
-        from edgepack.emulator.check import check_emulated
-
-        return check_emulated(bundle, profile, samples=samples, seed=seed)
+    if (runner or profile.emulation.mode) == "none":
+        return CheckResult({"ran": False, "reason": profile.emulation.reason})
+    options = dict(runner_options or {})
+    if (runner or profile.emulation.mode) == "qemu-user" and progress is not None:
+        options.setdefault("progress", progress)
+    backend = get_runner(profile, runner, **options)
     manifest = json.loads((bundle / "manifest.json").read_text())
     feeds = _inputs(manifest, samples, seed)
-    names = [i["name"] for i in manifest["inputs"]]
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
-        tmpdir = Path(tmp)
-        np.savez(tmpdir / "in.npz", **dict(zip(names, feeds)))
-        args = [
-            "--input",
-            str(tmpdir / "in.npz"),
-            "--output",
-            str(tmpdir / "out.npz"),
-            "--report",
-            str(tmpdir / "stats.json"),
-            "--runs",
-            str(profile.latency.runs),
-            "--warmup",
-            str(profile.latency.warmup),
-            "--threads",
-            str(profile.latency.threads),
-            "--precision",
-            "f32",
-        ]
-        proc = run_native(bundle, args)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        io = Path(tmp)
+        np.savez(io / "in.npz", **{i["name"]: a for i, a in zip(manifest["inputs"], feeds)})
+        latency = profile.latency
+        args = ["--input", str(io / "in.npz"), "--output", str(io / "out.npz"), "--report", str(io / "stats.json"),
+                "--runs", str(latency.runs), "--warmup", str(latency.warmup), "--threads", str(latency.threads)]
+        if profile.runtime.value == "openvino":
+            args += ["--precision", "f32"]
+        result = backend.run(bundle, args, env={})
+        if result.returncode != 0:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise DeviceCheckError(
-                f"{profile.name}: run.py failed natively: {tail[0]}", hint="See the bundle's run.py."
+                f"{profile.name}: run.py failed on the {backend.name} runner: {tail[0][:300]}",
+                hint="Check the bundle's requirements.txt against the device (see `edgepack check --debug`).",
             )
-        stats = json.loads((tmpdir / "stats.json").read_text())
-        with np.load(tmpdir / "out.npz", allow_pickle=False) as data:
+        stats = json.loads((io / "stats.json").read_text())
+        with np.load(io / "out.npz", allow_pickle=False) as data:
             device = {k: data[k] for k in data.files}
-    reference = host_outputs(bundle, feeds)
-    agreement = compare(reference, device, [o["name"] for o in manifest["outputs"]], profile)
+    agreement = compare(host_outputs(bundle, manifest, feeds), device, [o["name"] for o in manifest["outputs"]],
+                        profile)
     if not agreement["agree"]:
-        raise DeviceCheckError(f"{profile.name}: run.py disagrees with the host: " + "; ".join(agreement["failures"]))
-    return {
+        raise DeviceCheckError(
+            f"{profile.name}: run.py on the {backend.name} runner disagrees with the host: "
+            + "; ".join(agreement["failures"]),
+            hint="The device runtime computes differently; compare runtime versions in the report.",
+        )
+    return _result(profile, backend, result, stats, agreement)
+
+
+def _result(profile: Profile, backend: Any, result: Any, stats: dict, agreement: dict) -> CheckResult:
+    emulated = backend.name == "qemu-user"
+    facts = {
         "ran": True,
-        "runner": "native",
-        "machine": stats["machine"],
-        "runtime": stats["runtime"],
-        "runtime_version": stats["runtime_version"],
+        "runner": backend.name,
+        "machine": stats.get("machine"),
+        "cpu": profile.emulation.qemu_cpu if emulated else None,
+        "proxy": _proxy_note(profile) if emulated else None,
+        "runtime": stats.get("runtime"),
+        "runtime_version": stats.get("runtime_version"),
+        "numpy_version": stats.get("numpy_version"),
+        "python": stats.get("python"),
         "precision": "f32" if profile.runtime.value == "openvino" else None,
         "agreement": agreement,
-        "latency": {
-            "label": "measured on this host (x86_64), not on the target device",
-            **summarize_latency(stats["latency_ms"]),
-        },
     }
+    label = getattr(backend, "latency_label", None) or stats.get("latency_label") or LATENCY_LABELS.get(backend.name)
+    measurements: dict[str, Any] = {"latency": summarize_latency(stats["latency_ms"], str(label))}
+    measurements["instructions"] = {
+        "per_inference": result.instructions,
+        "note": result.note or "guest instructions in run.py's timed loop, per inference: stable to ~0.1% across runs/machines",
+        "qemu_cpu": profile.emulation.qemu_cpu if emulated else None,
+    }
+    return CheckResult(facts, measurements)
+
+
+def _proxy_note(profile: Profile) -> str | None:
+    if profile.name.startswith("android"):
+        return "LiteRT on Linux aarch64 with XNNPACK: a proxy for the phone's CPU path, not the phone"
+    return None

@@ -40,7 +40,8 @@ class Arch(str, enum.Enum):
 class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
-    INT8 = "int8"
+    INT8 = "int8"  # full-integer post-training quantization, calibrated on the user's data
+    DYNAMIC = "dynamic"  # LiteRT dynamic-range: int8 weights, float activations
 
 
 class Step(str, enum.Enum):
@@ -79,6 +80,19 @@ class Accuracy(_Strict):
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
     int8_min_relative_accuracy: float = Field(0.99, ge=0, le=1)
     int8_min_top1_agreement: float = Field(0.99, ge=0, le=1)
+
+
+class Quantize(_Strict):
+    """Post-training quantization settings (``[step_options.quantize]`` holds backend extras)."""
+
+    method: str = Field("minmax", pattern="^(minmax|entropy|percentile)$")
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    io: str = Field("float", pattern="^(float|int8|uint8)$")
+    samples: int = Field(128, ge=1)
+    holdout: float = Field(0.25, gt=0, lt=1)
+    max_float_layers: int = Field(8, ge=0)
+    must_be_faster: bool = False
 
 
 class Latency(_Strict):
@@ -168,12 +182,14 @@ class Profile(_Strict):
     runtime_version: str
     arch: Arch
     precision: Precision = Precision.FP32
+    precisions: tuple[Precision, ...] = (Precision.FP32,)
     delegate: str = Field("cpu", pattern="^(cpu|xnnpack|gpu)$")
     opset: int | None = Field(None, ge=7)
     steps: tuple[Step, ...]
     step_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     accuracy: Accuracy = Accuracy()
     latency: Latency = Latency()
+    quantize: Quantize = Quantize()
     emulation: Emulation
     device: Device
     inputs: Inputs = Inputs()
@@ -205,6 +221,8 @@ class Profile(_Strict):
             )
         if self.runtime is Runtime.TENSORRT and self.tensorrt is None:
             raise ValueError("a tensorrt runtime needs a [tensorrt] table")
+        if self.precision not in self.precisions:
+            raise ValueError(f"precision {self.precision.value!r} is not in precisions {[p.value for p in self.precisions]}")
         return self
 
     @property

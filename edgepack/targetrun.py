@@ -102,10 +102,9 @@ def device_check(run: _Run, profile: Profile, staging: Path, manifest: dict[str,
     from edgepack.devicecheck import check_bundle
 
     run.progress(f"{profile.name}: device check ({profile.emulation.mode})")
-    check = dict(check_bundle(staging, profile, samples=run.samples, seed=run.options.seed))
-    measurements = {"latency": check.pop("latency")} if "latency" in check else {}
-    manifest["device_check"] = check
-    return measurements
+    check = check_bundle(staging, profile, samples=run.samples, seed=run.options.seed, progress=run.progress)
+    manifest["device_check"] = check.facts
+    return check.measurements
 
 
 def write_reports(folder: Path, manifest: dict[str, Any], measurements: dict[str, Any]) -> None:

@@ -149,7 +149,30 @@ class QemuRunner:
 RUNNERS: dict[str, Callable[..., Runner]] = {
     "native": LocalRunner,
     "qemu-user": QemuRunner,
+    "docker": lambda profile, **options: _docker().DockerRunner.for_profile(profile, **options),
+    "ssh": lambda profile, **options: _ssh().SshRunner.for_profile(profile, **options),
 }
+
+
+def _docker() -> Any:
+    from edgepack.emulator import docker
+
+    return docker
+
+
+def _ssh() -> Any:
+    from edgepack.emulator import ssh
+
+    return ssh
+
+
+def parse_runner(spec: str | None) -> tuple[str | None, dict[str, Any]]:
+    """``--runner`` value -> (backend name, options): ``qemu``, ``native``, ``docker`` or ``ssh://user@host``."""
+    if spec is None:
+        return None, {}
+    if spec.startswith("ssh://"):
+        return "ssh", {"url": spec}
+    return {"qemu": "qemu-user"}.get(spec, spec), {}
 
 
 def get_runner(profile: Any, kind: str | None = None, **options: Any) -> Runner:

@@ -70,6 +70,19 @@ class EmuEnv:
         return self.path / "sysroot"
 
 
+def env_name(profile: Any) -> tuple[str, dict[str, Any]]:
+    """The cache entry name and key of the guest environment a profile needs."""
+    em = profile.emulation
+    key = cache.env_key(
+        debian_arch=em.debian_arch,
+        debian_release=em.debian_release,
+        python=em.python,
+        wheels=list(em.wheels),
+        debs=list(em.debs),
+    )
+    return cache.entry_name(f"{em.debian_arch}-{em.debian_release}-py{em.python}", key), key
+
+
 def setup(profile: Any, *, progress: Progress | None = None, root: Path | None = None) -> EmuEnv:
     """Build (or find in the cache) the qemu and guest environment for ``profile``.
 
@@ -92,14 +105,7 @@ def setup(profile: Any, *, progress: Progress | None = None, root: Path | None =
     root = root or cache.cache_root()
     start = time.perf_counter()
     tools = _tools(em.qemu_arch, say, root)
-    key = cache.env_key(
-        debian_arch=em.debian_arch,
-        debian_release=em.debian_release,
-        python=em.python,
-        wheels=list(em.wheels),
-        debs=list(em.debs),
-    )
-    name = cache.entry_name(f"{em.debian_arch}-{em.debian_release}-py{em.python}", key)
+    name, key = env_name(profile)
     path, stamp, hit = cache.build_entry(
         "envs", name, lambda tmp: guest.build(tmp, key, root=root, progress=say), root=root, on_wait=say
     )
