@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "inspect", "load_profile", "package", "plan", "targets", "verify"]
+_API = ("check", "inspect", "load_profile", "package", "plan", "targets", "verify")
+__all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgepack.api import inspect, load_profile, package, plan, targets, verify
+    from edgepack.api import check, inspect, load_profile, package, plan, targets, verify
 
 
 def __getattr__(name: str) -> Any:
-    if name in {"inspect", "load_profile", "package", "plan", "targets", "verify"}:
+    if name in _API:
         from edgepack import api
 
         return getattr(api, name)

@@ -103,14 +103,14 @@ def _error_class(exit_code: int) -> type[EdgepackError]:
 
 def inspect(model: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None) -> Any:
     """Inputs, outputs, operators, parameters, MACs and per-target compatibility of a model."""
-    from edgepack.inspect import inspect_model
+    from edgepack.inspection import inspect_model
 
     return inspect_model(Path(model), input_shapes=_shapes(input_shapes) or None)
 
 
 def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> Any:
     """Check a bundle folder or archive against its manifest (and signature, with a key)."""
-    from edgepack.verify import verify_bundle
+    from edgepack.integrity import verify_bundle
 
     return verify_bundle(Path(bundle), public_key=Path(public_key) if public_key else None)
 
@@ -134,7 +134,7 @@ def check(
 
     from edgepack.devicecheck import check_bundle
     from edgepack.emulator import parse_runner
-    from edgepack.verify import verify_bundle
+    from edgepack.integrity import verify_bundle
 
     bundle = Path(bundle)
     verify_bundle(bundle)  # never run a bundle that does not match its manifest

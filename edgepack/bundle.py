@@ -118,8 +118,9 @@ def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> 
             "arch": profile.arch.value,
             "delegate": profile.delegate,
         },
-        "inputs": [i.to_dict() for i in artifact.inputs],
-        "outputs": [o.to_dict() for o in artifact.outputs],
+        # Names are the model file's own tensor names; source_name is the source model's (matched by position).
+        "inputs": [{**i.to_dict(), "source_name": s.name} for i, s in zip(artifact.inputs, source.inputs)],
+        "outputs": [{**o.to_dict(), "source_name": s.name} for o, s in zip(artifact.outputs, source.outputs)],
         "input_shape_origin": dict(source.meta.get("shape_origin", {})),
         "requirements": requirements(profile),
     }

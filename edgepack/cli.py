@@ -193,7 +193,7 @@ def inspect(model: ModelArg, input_shape: ShapeOpt = None, as_json: JsonOpt = Fa
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
-        from edgepack.inspect import render
+        from edgepack.inspection import render
 
         out.print(render(report))
 

@@ -190,7 +190,8 @@ class _Run:
         conv = profile.options(Step.CONVERT)
         opts = ConvertOptions(
             opset=self.plan.onnx_opset,
-            precision="fp16" if final and profile.precision.value == "fp16" else "fp32",
+            # fp16 is a property of the .tflite file; TensorRT's fp16 is a build flag on the same fp32 ONNX.
+            precision="fp16" if final and dst is ModelFormat.TFLITE and profile.precision.value == "fp16" else "fp32",
             compress_to_fp16=bool(conv.get("compress_to_fp16", False)) if final else False,
             select_tf_ops=bool(conv.get("select_tf_ops", False)),
             trust_code=self.options.trust_code,

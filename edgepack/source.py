@@ -196,6 +196,10 @@ def _io_onnx(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[Tenso
     graph = model.graph
     if not graph.node or not graph.output:
         raise ModelError(f"{path} is not a valid ONNX model (empty graph).", hint="Re-export it.")
+    if (where := _binary_name(graph)) is not None:
+        raise ModelError(
+            f"{path} is damaged: {where} is not valid UTF-8 text (protobuf read it as bytes).", hint="Re-export it."
+        )
     initializers = {init.name for init in graph.initializer}
 
     def spec(value: Any) -> TensorSpec:
@@ -209,6 +213,25 @@ def _io_onnx(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[Tenso
 
     inputs = [spec(v) for v in graph.input if v.name not in initializers]
     return inputs, [spec(v) for v in graph.output]
+
+
+def _binary_name(graph: Any) -> str | None:
+    """Where a name or operator type in an ONNX graph (or its subgraphs) is not valid UTF-8, else None.
+
+    Protobuf hands such proto2 strings back as ``bytes``; a bit flip in a name does this, and every
+    later step (and any runtime) would choke on it.
+    """
+    named = [("input", v.name) for v in graph.input] + [("output", v.name) for v in graph.output]
+    named += [("initializer", t.name) for t in graph.initializer]
+    for node in graph.node:
+        named += [("operator type", node.op_type), ("operator domain", node.domain)]
+        named += [("node input", n) for n in node.input] + [("node output", n) for n in node.output]
+    for what, text in named:
+        if not isinstance(text, str):
+            return f"an ONNX {what} name {text[:40]!r}"
+    subgraphs = [a.g for n in graph.node for a in n.attribute if a.HasField("g")]
+    subgraphs += [g for n in graph.node for a in n.attribute for g in a.graphs]
+    return next((w for g in subgraphs if (w := _binary_name(g)) is not None), None)
 
 
 def _io_tflite(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -346,6 +369,15 @@ def fix_shapes(
     return fixed, origin
 
 
+def _is_numpy_dtype(name: str) -> bool:
+    import numpy as np
+
+    try:
+        return np.dtype(name).kind in "biuf"
+    except TypeError:
+        return False
+
+
 def _fmt(shape: Shape) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
@@ -372,6 +404,13 @@ def open_source(
     inputs, outputs = read_io(path, fmt, trust_code=trust_code)
     if not inputs:
         raise ModelError(f"{path} has no inputs.", hint="Re-export the model with its input layer.")
+    untyped = [i.name for i in inputs if not _is_numpy_dtype(i.dtype)]
+    if untyped:
+        raise ModelError(
+            f"{path}: input(s) {', '.join(map(repr, untyped))} have no numeric tensor type (a damaged file, "
+            "or a sequence/map input).",
+            hint="Re-export the model with plain tensor inputs.",
+        )
     fixed, origin = fix_shapes(inputs, input_shapes or {}, batch=batch, path=path)
     batch_size = fixed[0].shape[0] if fixed[0].shape else None
     outputs = [_fix_output_batch(o, batch_size) for o in outputs]

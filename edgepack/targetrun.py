@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def static_check(artifact: Artifact, profile: Profile) -> dict[str, Any]:
     """Operator compatibility of the final artifact with the profile's runtime (fails on unsupported ops)."""
     from edgepack.compat import check_compatibility
-    from edgepack.inspect import operators
+    from edgepack.inspection import operators
 
     if artifact.format is ModelFormat.OPENVINO:
         return {"checked": False, "note": "OpenVINO read and compiled the IR during validation"}
@@ -65,7 +65,7 @@ def write_bundle(run: _Run, target: TargetPlan, artifact: Artifact, manifest: di
     from edgepack.atomic import staged_output
     from edgepack.bundle import build_engine_script, stage_files
     from edgepack.errors import OutputExistsError
-    from edgepack.verify import write_manifest
+    from edgepack.integrity import write_manifest
 
     profile = target.profile
     extra: dict[str, str] = {}

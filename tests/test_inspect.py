@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgepack.artifact import Layout, ModelFormat
-from edgepack.inspect import InspectReport, inspect_model, render
+from edgepack.inspection import InspectReport, inspect_model, render
 from edgepack.macs import estimate_onnx, estimate_tflite
 from edgepack.profiles import load_profile
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edgepack.archive import write_deterministic_tar
 from edgepack.errors import UsageError, VerificationError
-from edgepack.verify import (
+from edgepack.integrity import (
     SEAL_KEY,
     VerifyReport,
     canonical_json,

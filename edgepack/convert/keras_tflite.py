@@ -43,7 +43,9 @@ def fixed_keras_model(model: Any, inputs: tuple[TensorSpec, ...]) -> Any:
         ordered = list(inputs)
     layers = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=n) for s, n in zip(ordered, names, strict=True)]
     outputs = model(layers[0] if len(layers) == 1 else layers)
-    return keras.Model(layers[0] if len(layers) == 1 else layers, outputs)
+    # A fixed name: Keras numbers auto-named models per process, which would leak into the .tflite's tensor names
+    # and make two conversions in one process differ byte for byte.
+    return keras.Model(layers[0] if len(layers) == 1 else layers, outputs, name="edgepack_fixed_shape")
 
 
 def _keras_name(tensor: Any, index: int) -> str:

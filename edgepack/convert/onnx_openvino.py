@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,30 @@ def read_openvino_io(xml: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return [_spec(p) for p in model.inputs], [_spec(p) for p in model.outputs]
 
 
+def canonical_friendly_names(model: Any, keep: set[str]) -> None:
+    """Rename the nodes OpenVINO named itself (``Reshape_8184``: a process-wide counter) by graph position.
+
+    Names in ``keep`` (the source model's own names) are left alone. Without this, converting the same model
+    twice in one process gives IRs that differ in these names, and bundles would not be byte-identical.
+    """
+    for index, op in enumerate(model.get_ordered_ops()):
+        name = op.get_friendly_name()
+        if name not in keep and _AUTO_NAME.fullmatch(name):
+            op.set_friendly_name(f"{name.rsplit('_', 1)[0]}_{index}")
+
+
+def source_names(path: Path) -> set[str]:
+    """Node and tensor names of an ONNX source (empty for other formats)."""
+    if path.suffix != ".onnx":
+        return set()
+    onnx = require("onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
+
+
+_AUTO_NAME = re.compile(r"[A-Za-z]+_\d+")
+
+
 def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
     """Convert an ONNX or .tflite source to ``workdir/model.xml`` and ``model.bin`` with static input shapes.
 
@@ -50,7 +77,15 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
 
     def build() -> None:
         model = ov.convert_model(str(src.path), input=shapes)
-        ov.save_model(model, str(xml), compress_to_fp16=options.compress_to_fp16)
+        draft = workdir / "draft" / "model.xml"
+        ov.save_model(model, str(draft), compress_to_fp16=options.compress_to_fp16)
+        # save_model's constant folding names new nodes too: rename on the saved graph, then save it again
+        # (to other files: the draft's .bin is memory-mapped while it is read).
+        saved = ov.Core().read_model(str(draft))
+        canonical_friendly_names(saved, source_names(Path(src.path)))
+        ov.save_model(saved, str(xml), compress_to_fp16=False)
+        del saved
+        shutil.rmtree(draft.parent, ignore_errors=True)
 
     run_tool(
         build,

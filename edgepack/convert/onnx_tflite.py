@@ -117,6 +117,9 @@ def _transposed(origins: Sequence[TensorSpec], actuals: Sequence[TensorSpec]) ->
 def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
     """Convert an ONNX source to ``workdir/model.tflite`` (fp32, or fp16 weights for precision "fp16").
 
+    The float SavedModel onnx2tf writes is kept in ``workdir/saved_model`` (``meta["saved_model"]``):
+    int8 quantization (``edgepack.quantize.litert``) starts from it.
+
     Raises:
         ModelError: the source is not a readable ONNX model.
         ConversionError: onnx2tf fails or times out.
@@ -138,6 +141,11 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
         raise ConversionError(f"onnx2tf finished without writing {produced.name}.", hint="Report it as a bug.")
     path = workdir / "model.tflite"
     shutil.move(produced, path)
+    if (job / "out" / "saved_model.pb").is_file():  # the float graph: int8 quantization starts from it
+        for extra in (job / "out").glob("*.tflite"):
+            extra.unlink()
+        shutil.move(job / "out", workdir / "saved_model")
+        facts["saved_model"] = str(workdir / "saved_model")
     shutil.rmtree(job, ignore_errors=True)
     specs = read_specs(path, ModelFormat.TFLITE)
     moved = _transposed(src.outputs, specs[1])
