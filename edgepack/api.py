@@ -38,6 +38,24 @@ def resolve_targets(names: Sequence[TargetLike]) -> list[Profile]:
     return list(seen.values())
 
 
+def with_precision(profiles: Sequence[Profile], precision: str | None) -> list[Profile]:
+    """Profiles with ``precision`` where they accept it (their ``precisions``); the others keep their default."""
+    if precision is None:
+        return list(profiles)
+    from edgepack.profiles import Precision
+
+    try:
+        wanted = Precision(precision)
+    except ValueError as exc:
+        known = ", ".join(p.value for p in Precision)
+        raise UsageError(f"unknown precision {precision!r}.", hint=f"Use one of: {known}.") from exc
+    chosen = [p.model_copy(update={"precision": wanted}) if wanted in p.precisions else p for p in profiles]
+    if not any(p.precision is wanted for p in chosen):
+        raise UsageError(f"no chosen target accepts precision {precision!r}.",
+                         hint="See each target's precisions with `edgepack targets show NAME`.")
+    return chosen
+
+
 def _shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
     from edgepack.source import parse_input_shapes
 
@@ -48,9 +66,11 @@ def _shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) ->
     return parse_input_shapes(list(input_shapes))
 
 
-def plan(model: str | Path, *, targets: Sequence[TargetLike], out: str | Path = "out") -> Plan:
+def plan(
+    model: str | Path, *, targets: Sequence[TargetLike], out: str | Path = "out", precision: str | None = None
+) -> Plan:
     """The resolved plan of :func:`package` without running it (``--dry-run``)."""
-    return make_plan(Path(model), resolve_targets(targets), Path(out))
+    return make_plan(Path(model), with_precision(resolve_targets(targets), precision), Path(out))
 
 
 def package(
@@ -65,6 +85,9 @@ def package(
     device_check: bool = True,
     sign_key: str | Path | None = None,
     seed: int = 0,
+    precision: str | None = None,
+    allow_accuracy_drop: bool = False,
+    compress: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PackageResult:
     """Convert, validate and bundle ``model`` for each target into ``out/<target>/``.
@@ -81,8 +104,11 @@ def package(
         device_check=device_check,
         sign_key=Path(sign_key) if sign_key is not None else None,
         seed=seed,
+        allow_accuracy_drop=allow_accuracy_drop,
+        compress=dict(compress or {}),
     )
-    result = run_plan(plan(model, targets=targets, out=out), options, progress=progress)
+    profiles = with_precision(resolve_targets(targets), precision)
+    result = run_plan(plan(model, targets=profiles, out=out), options, progress=progress)
     failed = [t for t in result.targets if t.error]
     if failed:
         first = _error_class(failed[0].exit_code)

@@ -73,8 +73,9 @@ class _SignalGuard:
         term = signal.getsignal(signal.SIGTERM)
         if term is not signal.SIG_IGN:
             self._previous[signal.SIGTERM] = term
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous[signal.SIGINT] = signal.default_int_handler
+        interrupt = signal.getsignal(signal.SIGINT)
+        if callable(interrupt):  # Python's default handler, or the CLI's (which records the signal)
+            self._previous[signal.SIGINT] = interrupt
         for signum in self._previous:
             signal.signal(signum, self._handle)
 
@@ -86,13 +87,19 @@ class _SignalGuard:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.in_body:
             self.in_body = False
-            raise _interruption(signum)
+            self._raise(signum)
         self.pending = self.pending or signum
+
+    def _raise(self, signum: int) -> None:
+        previous = self._previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, None)  # a handler of the caller's (the CLI records the signal, then raises)
+        raise _interruption(signum)
 
     def raise_pending(self) -> None:
         if self.pending is not None:
             signum, self.pending = self.pending, None
-            raise _interruption(signum)
+            self._raise(signum)
 
 
 def _interruption(signum: int) -> KeyboardInterrupt:

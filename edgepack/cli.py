@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from edgepack.cli_compress import compress_app
 from edgepack.errors import EdgepackError, InternalError
 
 app = typer.Typer(
@@ -26,6 +28,7 @@ app = typer.Typer(
 )
 targets_app = typer.Typer(help="List the target profiles, or show one resolved.", invoke_without_command=True)
 app.add_typer(targets_app, name="targets")
+app.add_typer(compress_app, name="compress")
 
 err = Console(stderr=True)
 out = Console()
@@ -51,6 +54,13 @@ NoCheckOpt = Annotated[
     bool, typer.Option("--no-device-check", help="Skip running the bundle on the (emulated) device.")
 ]
 SignOpt = Annotated[Path | None, typer.Option("--sign", help="Sign each manifest with this Ed25519 private key.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option("--precision", help="fp32, fp16, int8 or dynamic, where the target accepts it (int8 needs --data)."),
+]
+DropOpt = Annotated[
+    bool, typer.Option("--allow-accuracy-drop", help="Ship int8 even when it misses the accuracy budget (reported).")
+]
 
 
 def _print_version(value: bool) -> None:
@@ -72,53 +82,28 @@ def _main(
         os.environ["EDGEPACK_DEBUG"] = "1"
 
 
-def _run_package(
-    model: Path,
-    targets: list[Any],
-    *,
-    out_dir: Path,
-    input_shape: list[str] | None,
-    data: Path | None,
-    force: bool,
-    dry_run: bool,
-    as_json: bool,
-    trust: bool,
-    no_check: bool,
-    sign: Path | None,
-) -> None:
+def _run_package(model: Path, targets: list[Any], opts: dict[str, Any], compress: dict[str, Any] | None = None) -> None:
+    """Plan (``--dry-run``) or run ``edgepack.package`` with the shared flags of every packaging command."""
     from edgepack import api
 
-    if dry_run:
-        plan = api.plan(model, targets=targets, out=out_dir)
-        if as_json:
-            out.print_json(json.dumps(plan.to_dict()))
-        else:
-            _print_plan(plan)
+    if opts["dry_run"]:
+        plan = api.plan(model, targets=targets, out=opts["out_dir"], precision=opts["precision"])
+        out.print_json(json.dumps(plan.to_dict())) if opts["as_json"] else _print_plan(plan)
         return
     with err.status("starting", spinner="dots") as status:
-
-        def progress(message: str) -> None:
-            status.update(message)
-
         try:
             result = api.package(
-                model,
-                targets=targets,
-                out=out_dir,
-                input_shapes=input_shape,
-                data=data,
-                force=force,
-                trust_code=trust,
-                device_check=not no_check,
-                sign_key=sign,
-                progress=progress,
+                model, targets=targets, out=opts["out_dir"], input_shapes=opts["input_shape"], data=opts["data"],
+                force=opts["force"], trust_code=opts["trust"], device_check=not opts["no_check"],
+                sign_key=opts["sign"], precision=opts["precision"], allow_accuracy_drop=opts["allow_drop"],
+                compress=compress, progress=status.update,
             )
         except EdgepackError as exc:
             partial = getattr(exc, "result", None)
             if partial is not None:
-                _print_result(partial, as_json)
+                _print_result(partial, opts["as_json"])
             raise
-    _print_result(result, as_json)
+    _print_result(result, opts["as_json"])
 
 
 def _print_plan(plan: Any) -> None:
@@ -198,177 +183,123 @@ def inspect(model: ModelArg, input_shape: ShapeOpt = None, as_json: JsonOpt = Fa
         out.print(render(report))
 
 
+def _common(
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    precision: PrecisionOpt = None,
+    allow_drop: DropOpt = False,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    no_check: NoCheckOpt = False,
+    sign: SignOpt = None,
+) -> dict[str, Any]:
+    """The flags every packaging command shares (its signature is copied onto each command)."""
+    return dict(locals())
+
+
+def _with_common(command: Any) -> Any:
+    """Give ``command`` the shared flags of :func:`_common` after its own parameters; it receives them as ``opts``."""
+    import functools
+    import inspect as pyinspect
+
+    import typing
+
+    def params(func: Any) -> list[pyinspect.Parameter]:
+        hints = typing.get_type_hints(func, include_extras=True)  # this module uses string annotations
+        return [p.replace(annotation=hints[p.name]) for p in pyinspect.signature(func).parameters.values()
+                if p.name != "opts"]
+
+    own, shared = params(command), params(_common)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        opts = _common(**{p.name: kwargs.pop(p.name) for p in shared})
+        return command(**kwargs, opts=opts)
+
+    wrapper.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *shared)}
+    return wrapper
+
+
 @app.command()
+@_with_common
 def package(
     model: ModelArg,
     target: Annotated[list[str], typer.Option("--target", "-t", help="Target name, profile .toml, or 'all'.")],
-    out_dir: OutOpt = Path("out"),
-    input_shape: ShapeOpt = None,
-    data: DataOpt = None,
-    force: ForceOpt = False,
-    dry_run: DryOpt = False,
-    as_json: JsonOpt = False,
-    trust: TrustOpt = False,
-    no_check: NoCheckOpt = False,
-    sign: SignOpt = None,
+    prune: Annotated[float | None, typer.Option("--prune", help="Prune this fraction of weights first.")] = None,
+    structured: Annotated[bool, typer.Option("--structured", help="With --prune: remove whole channels.")] = False,
+    clip: Annotated[float | None, typer.Option("--clip", help="Zero this fraction of smallest weights first.")] = None,
+    distill_student: Annotated[
+        str | None, typer.Option("--distill-student", help="Distill into a student first: width=0.5 or a .keras file.")
+    ] = None,
+    opts: dict[str, Any] | None = None,
 ) -> None:
-    """Package MODEL for one or more targets."""
-    _run_package(
-        model,
-        target,
-        out_dir=out_dir,
-        input_shape=input_shape,
-        data=data,
-        force=force,
-        dry_run=dry_run,
-        as_json=as_json,
-        trust=trust,
-        no_check=no_check,
-        sign=sign,
-    )
+    """Package MODEL for one or more targets (optionally compressed first)."""
+    compress: dict[str, Any] = {}
+    if distill_student:
+        compress["distill"] = {"student": distill_student}
+    if prune is not None:
+        compress["prune"] = {"sparsity": prune, "structured": structured}
+    if clip is not None:
+        compress["clip"] = {"sparsity": clip}
+    _run_package(model, target, opts or {}, compress)
 
 
 @app.command()
+@_with_common
 def android(
     model: ModelArg,
     gpu: Annotated[bool, typer.Option("--gpu", help="fp16 model for LiteRT's GPU delegate.")] = False,
-    out_dir: OutOpt = Path("out"),
-    input_shape: ShapeOpt = None,
-    data: DataOpt = None,
-    force: ForceOpt = False,
-    dry_run: DryOpt = False,
-    as_json: JsonOpt = False,
-    trust: TrustOpt = False,
-    no_check: NoCheckOpt = False,
-    sign: SignOpt = None,
+    opts: dict[str, Any] | None = None,
 ) -> None:
     """Package MODEL for Android phones (LiteRT .tflite)."""
-    _run_package(
-        model,
-        ["android-arm64-gpu" if gpu else "android-arm64"],
-        out_dir=out_dir,
-        input_shape=input_shape,
-        data=data,
-        force=force,
-        dry_run=dry_run,
-        as_json=as_json,
-        trust=trust,
-        no_check=no_check,
-        sign=sign,
-    )
+    _run_package(model, ["android-arm64-gpu" if gpu else "android-arm64"], opts or {})
+
+
+_RPI = {("pi4", "litert"): "rpi4-arm64", ("pi5", "litert"): "rpi5-arm64", ("armv7", "litert"): "rpi-armv7",
+        ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime", ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime"}
 
 
 @app.command()
+@_with_common
 def rpi(
     model: ModelArg,
     board: Annotated[str, typer.Option("--board", help="pi4, pi5 (64-bit OS) or armv7 (32-bit OS).")] = "pi4",
     runtime: Annotated[str, typer.Option("--runtime", help="litert or onnxruntime (64-bit only).")] = "litert",
-    out_dir: OutOpt = Path("out"),
-    input_shape: ShapeOpt = None,
-    data: DataOpt = None,
-    force: ForceOpt = False,
-    dry_run: DryOpt = False,
-    as_json: JsonOpt = False,
-    trust: TrustOpt = False,
-    no_check: NoCheckOpt = False,
-    sign: SignOpt = None,
+    opts: dict[str, Any] | None = None,
 ) -> None:
     """Package MODEL for a Raspberry Pi."""
     from edgepack.errors import UsageError
 
-    names = {
-        ("pi4", "litert"): "rpi4-arm64",
-        ("pi5", "litert"): "rpi5-arm64",
-        ("armv7", "litert"): "rpi-armv7",
-        ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime",
-        ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime",
-    }
-    name = names.get((board, runtime))
+    name = _RPI.get((board, runtime))
     if name is None:
-        raise UsageError(
-            f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
-            hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).",
-        )
-    _run_package(
-        model,
-        [name],
-        out_dir=out_dir,
-        input_shape=input_shape,
-        data=data,
-        force=force,
-        dry_run=dry_run,
-        as_json=as_json,
-        trust=trust,
-        no_check=no_check,
-        sign=sign,
-    )
+        raise UsageError(f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
+                         hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).")
+    _run_package(model, [name], opts or {})
 
 
 @app.command()
-def openvino(
-    model: ModelArg,
-    out_dir: OutOpt = Path("out"),
-    input_shape: ShapeOpt = None,
-    data: DataOpt = None,
-    force: ForceOpt = False,
-    dry_run: DryOpt = False,
-    as_json: JsonOpt = False,
-    trust: TrustOpt = False,
-    no_check: NoCheckOpt = False,
-    sign: SignOpt = None,
-) -> None:
+@_with_common
+def openvino(model: ModelArg, opts: dict[str, Any] | None = None) -> None:
     """Package MODEL for Intel CPUs with OpenVINO (IR .xml + .bin)."""
-    _run_package(
-        model,
-        ["intel-openvino-cpu"],
-        out_dir=out_dir,
-        input_shape=input_shape,
-        data=data,
-        force=force,
-        dry_run=dry_run,
-        as_json=as_json,
-        trust=trust,
-        no_check=no_check,
-        sign=sign,
-    )
+    _run_package(model, ["intel-openvino-cpu"], opts or {})
 
 
 @app.command()
+@_with_common
 def jetson(
     model: ModelArg,
     jetpack: Annotated[str | None, typer.Option("--jetpack", help="JetPack version on the device, e.g. 6.1.")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp16 (default) or fp32 engine.")] = None,
-    out_dir: OutOpt = Path("out"),
-    input_shape: ShapeOpt = None,
-    data: DataOpt = None,
-    force: ForceOpt = False,
-    dry_run: DryOpt = False,
-    as_json: JsonOpt = False,
-    trust: TrustOpt = False,
-    sign: SignOpt = None,
+    opts: dict[str, Any] | None = None,
 ) -> None:
-    """Package MODEL for NVIDIA Jetson (ONNX + build_engine.sh for TensorRT)."""
+    """Package MODEL for NVIDIA Jetson (ONNX + build_engine.sh for TensorRT; fp16 engine unless --precision)."""
     from edgepack.profiles import load_profile
 
-    overrides: dict[str, Any] = {}
-    if jetpack:
-        overrides["tensorrt"] = {"jetpack": jetpack}
-    if precision:
-        overrides["precision"] = precision
-    profile = load_profile("jetson-orin-trt", overrides=overrides)
-    _run_package(
-        model,
-        [profile],
-        out_dir=out_dir,
-        input_shape=input_shape,
-        data=data,
-        force=force,
-        dry_run=dry_run,
-        as_json=as_json,
-        trust=trust,
-        no_check=True,
-        sign=sign,
-    )
+    overrides = {"tensorrt": {"jetpack": jetpack}} if jetpack else {}
+    _run_package(model, [load_profile("jetson-orin-trt", overrides=overrides)], opts or {})
 
 
 @app.command()
@@ -483,11 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     # The CLI owns its process: keep TensorFlow's C++ logging and OpenVINO/NNCF telemetry quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("NNCF_CI", "1")
+    _terminate_like_interrupt()
+    if not debug:
+        # Finalizers of frameworks interrupted mid-import report "Exception ignored in ..." tracebacks; they are
+        # not ours to show (--debug keeps them).
+        sys.unraisablehook = lambda _unraisable: None
     try:
         app(args=argv, prog_name="edgepack")  # Typer/click print usage errors themselves (exit 2)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgepackError as exc:
+        if _SIGNALLED:
+            _exit_interrupted(_SIGNALLED[0] != signal.SIGINT)
         if debug:
             raise
         _print_error(exc)
@@ -495,15 +433,50 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         from edgepack.atomic import Terminated
 
-        err.print("edgepack: interrupted; no partial bundle was left behind.")
-        return 143 if isinstance(exc, Terminated) else 130
+        _exit_interrupted(isinstance(exc, Terminated))
     except Exception as exc:  # a bug: one line, the traceback only with --debug
+        if _SIGNALLED:
+            _exit_interrupted(_SIGNALLED[0] != signal.SIGINT)
         if debug:
             raise
         internal = InternalError(f"internal error: {exc!r}.", hint="Rerun with --debug and report it.")
         _print_error(internal)
         return internal.exit_code
     return 0
+
+
+_SIGNALLED: list[int] = []
+
+
+def _terminate_like_interrupt() -> None:
+    """SIGINT and SIGTERM unwind the run (cleaning staging folders) and are remembered.
+
+    A framework interrupted in the middle of its import can surface the interrupt as another error (an
+    ImportError, "missing dependency"); remembering the signal lets ``main`` report what really happened.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        from edgepack.atomic import Terminated
+
+        _SIGNALLED.append(signum)
+        raise Terminated(signum) if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def _exit_interrupted(terminated: bool) -> None:
+    err.print("edgepack: interrupted; no partial bundle was left behind.")
+    # Staging folders were removed as the interrupt unwound. Leave now: a framework interrupted in the middle
+    # of its import (TensorFlow) would print tracebacks from its finalizers during a normal shutdown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(143 if terminated else 130)
 
 
 def _print_error(exc: EdgepackError) -> None:

@@ -35,6 +35,7 @@ class CheckResult:
 
     facts: dict[str, Any]
     measurements: dict[str, Any] = field(default_factory=dict)
+    estimate: Any = None  # edgepack.estimate.Estimate of the device latency, when there is one
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.facts, "measurements": self.measurements}
@@ -43,8 +44,8 @@ class CheckResult:
 def _inputs(manifest: dict[str, Any], samples: Sequence[Sequence[np.ndarray]] | None, seed: int) -> list[np.ndarray]:
     if samples:
         return [np.asarray(a) for a in samples[0]]
-    rng = np.random.default_rng(seed)
-    return [rng.random(s["shape"], dtype=np.float64).astype(s["dtype"]) for s in manifest["inputs"]]
+    rng = np.random.default_rng(seed)  # float noise; run.py and the host runtime quantize it for int8 inputs
+    return [rng.random(s["shape"]).astype(np.float32) for s in manifest["inputs"]]
 
 
 def manifest_specs(manifest: dict[str, Any]) -> tuple[Any, ...]:
@@ -146,10 +147,12 @@ def check_bundle(
             + "; ".join(agreement["failures"]),
             hint="The device runtime computes differently; compare runtime versions in the report.",
         )
-    return _result(profile, backend, result, stats, agreement)
+    return _result(profile, backend, result, stats, agreement, bundle, manifest)
 
 
-def _result(profile: Profile, backend: Any, result: Any, stats: dict, agreement: dict) -> CheckResult:
+def _result(
+    profile: Profile, backend: Any, result: Any, stats: dict, agreement: dict, bundle: Path, manifest: dict
+) -> CheckResult:
     emulated = backend.name == "qemu-user"
     facts = {
         "ran": True,
@@ -168,10 +171,41 @@ def _result(profile: Profile, backend: Any, result: Any, stats: dict, agreement:
     measurements: dict[str, Any] = {"latency": summarize_latency(stats["latency_ms"], str(label))}
     measurements["instructions"] = {
         "per_inference": result.instructions,
-        "note": result.note or "guest instructions in run.py's timed loop, per inference: stable to ~0.1% across runs/machines",
+        "note": result.note or "guest instructions in run.py's timed loop, per inference (stable to ~0.1%)",
         "qemu_cpu": profile.emulation.qemu_cpu if emulated else None,
     }
-    return CheckResult(facts, measurements)
+    estimate = None
+    if emulated:
+        measurements["figures"], estimate = _figures(profile, bundle, manifest, stats, result)
+    return CheckResult(facts, measurements, estimate)
+
+
+def _figures(profile: Profile, bundle: Path, manifest: dict, stats: dict, result: Any) -> tuple[dict, Any]:
+    """Emulated time, instruction count, device estimate and roofline bound (edgepack.estimate)."""
+    from edgepack.estimate import latency_figures
+
+    return latency_figures(
+        times_ms=stats["latency_ms"],
+        instructions=None if profile.delegate == "gpu" else result.instructions,
+        cost=_cost(bundle, manifest),
+        device=profile.device,
+        precision=manifest["model"].get("precision", profile.precision.value),
+        threads=profile.latency.threads,
+        count_note="the count covers the CPU path, not the GPU delegate" if profile.delegate == "gpu" else result.note,
+    )
+
+
+def _cost(bundle: Path, manifest: dict) -> Any:
+    from edgepack.macs import estimate_onnx, estimate_tflite
+
+    model = bundle / manifest["model"]["file"]
+    if manifest["model"]["format"] == "tflite":
+        return estimate_tflite(model)
+    if manifest["model"]["format"] == "onnx":
+        import onnx
+
+        return estimate_onnx(onnx.load(str(model)))
+    return None
 
 
 def _proxy_note(profile: Profile) -> str | None:

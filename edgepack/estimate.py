@@ -5,8 +5,8 @@ Four figures come out of a device check under QEMU (see ``docs/latency.md``):
 1. emulated wall time (:func:`emulated_wall_time`): what the run took under QEMU
    TCG on an x86_64 host. It is *not* device time: TCG is 20-400x slower than
    the device, and the factor depends on the model.
-2. executed guest instructions per inference: counted by the qemu plugin,
-   identical from run to run and host to host. This is the regression metric.
+2. executed guest instructions per inference: counted by the qemu plugin, the
+   same to about 0.002 % from run to run and host to host: the regression metric.
 3. an estimate for the device (:func:`device_estimate`) from that count and the
    profile's device facts: ``t = instructions / (ipc * clock)``, with a stated
    uncertainty band. The profile's latency budget applies to this figure
@@ -28,7 +28,7 @@ from typing import Any
 from edgepack.errors import LatencyBudgetError, ProfileError
 
 EMULATED_LABEL = "emulated (QEMU TCG on x86_64), not device time"
-COUNT_LABEL = "executed guest instructions per inference (same on every run and host: the regression metric)"
+COUNT_LABEL = "executed guest instructions per inference (stable across runs and hosts: the regression metric)"
 ESTIMATE_LABEL = "estimate for the device from the instruction count and the profile's device facts, not measured"
 ROOFLINE_LABEL = "roofline lower bound from MACs, weight bytes, peak compute and bandwidth: the device cannot be faster"
 

@@ -98,11 +98,13 @@ def inspect_model(
         ModelError: the file is not a readable model.
         MissingDependencyError: the framework that reads this format is not installed.
     """
+    from edgepack import memory
     from edgepack.profiles import load_all
     from edgepack.source import detect_format
 
     path = Path(path)
     fmt = detect_format(path)
+    memory.check_fits(path, {"the model loaded and converted": memory.MODEL_COPIES * memory.model_bytes(path)})
     shapes = dict(input_shapes or {})
     report = _READERS[fmt](path, fmt, shapes, batch, trust_code)
     checked = tuple(_verdict(p, report) for p in (load_all() if profiles is None else profiles))

@@ -249,9 +249,37 @@ def load_tflite(path: str | Path) -> Any:
     if data[4:8] != b"TFL3":
         raise ModelError(f"{path} is not a .tflite model (no TFL3 identifier).", hint="Re-export it.")
     try:
-        return schema.ModelT.InitFromPackedBuf(data, 0)
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path} is a damaged .tflite model ({exc}).", hint="Re-export it.") from exc
+    if (problem := _bad_tflite_index(model)) is not None:
+        raise ModelError(f"{path} is a damaged .tflite model ({problem}).", hint="Re-export it.")
+    return model
+
+
+def _bad_tflite_index(model: Any) -> str | None:
+    """The first operator, tensor or buffer index that points outside its table, else None.
+
+    The flatbuffer parses without checking them; a bit flip in one would send every reader off the table.
+    """
+    n_codes, n_buffers = len(model.operatorCodes or ()), len(model.buffers or ())
+    for k, graph in enumerate(model.subgraphs or ()):
+        n_tensors = len(graph.tensors or ())
+        refs = _ints(graph.inputs) + _ints(graph.outputs)
+        for op in graph.operators or ():
+            if not 0 <= op.opcodeIndex < n_codes:
+                return f"subgraph {k}: operator code {op.opcodeIndex} of {n_codes}"
+            refs += [i for i in _ints(op.inputs) + _ints(op.outputs) if i != -1]  # -1: an omitted optional input
+        if bad := [i for i in refs if not 0 <= i < n_tensors]:
+            return f"subgraph {k}: tensor {bad[0]} of {n_tensors}"
+        if bad := [t.buffer for t in graph.tensors or () if not 0 <= t.buffer < max(n_buffers, 1)]:
+            return f"subgraph {k}: buffer {bad[0]} of {n_buffers}"
+    return None
+
+
+def _ints(values: Any) -> list[int]:
+    """A flatbuffer index vector (None, a list or a numpy array) as a list of ints."""
+    return [] if values is None else [int(v) for v in values]
 
 
 def tflite_op_name(schema: Any, opcode: Any) -> str:

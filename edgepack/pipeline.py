@@ -7,6 +7,7 @@ by several ARM targets) is made once per run.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,8 @@ class Options:
     sign_key: Path | None = None
     seed: int = 0
     validation_samples: int = 32
+    allow_accuracy_drop: bool = False
+    compress: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # e.g. {"prune": {"sparsity": 0.5}}
 
 
 @dataclass(frozen=True)
@@ -133,9 +136,12 @@ def make_plan(model: Path, profiles: Sequence[Profile], out: Path) -> Plan:
         if Step.SIMPLIFY in profile.steps and ModelFormat.ONNX not in (source_format, *hops):
             steps.remove(Step.SIMPLIFY.value)
             notes.append("simplify: no ONNX on this route")
-        if Step.QUANTIZE in profile.steps and profile.precision.value != "int8":
+        if Step.QUANTIZE in profile.steps and profile.precision.value not in ("int8", "dynamic"):
             steps.remove(Step.QUANTIZE.value)
             notes.append(f"quantize: precision is {profile.precision.value}")
+        elif Step.QUANTIZE in profile.steps and Step.VALIDATE in profile.steps:
+            steps.remove(Step.VALIDATE.value)
+            notes.append("validate: the int8 accuracy gate on held-out data replaces it")
         if profile.emulation.mode == "none":
             notes.append(f"device-check: {profile.emulation.reason}")
         plans.append(TargetPlan(profile, hops, tuple(steps), out / profile.name, tuple(notes)))
@@ -155,8 +161,11 @@ class _Run:
         self.progress = progress
         self.cache: dict[tuple[Any, ...], tuple[Artifact, dict[str, Any]]] = {}
         self.source: Artifact | None = None
+        self.dataset: Any = None
         self.samples: list[list[Any]] | None = None
         self.data_description: dict[str, Any] | None = None
+        self.compression: list[dict[str, Any]] = []
+        self.original: Artifact | None = None
 
     def open(self) -> None:
         from edgepack.source import open_source
@@ -169,12 +178,66 @@ class _Run:
             batch=batch,
             trust_code=self.options.trust_code,
         )
+        self.original = self.source
+        self.compression = self.compress(batch)
         if self.options.data is not None:
             from edgepack.calibration import load_dataset
 
-            dataset = load_dataset(self.options.data, self.source.inputs)
-            self.samples = dataset.take(self.options.validation_samples).as_lists()
-            self.data_description = dataset.describe()
+            self.dataset = load_dataset(self.options.data, self.source.inputs)
+            self.samples = self.dataset.take(self.options.validation_samples).as_lists()
+            self.data_description = self.dataset.describe()
+        elif any(Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets):
+            from edgepack.errors import DataError
+
+            raise DataError(
+                "int8 quantization needs calibration data from your model's domain (random inputs say nothing "
+                "about int8 accuracy).",
+                hint="Pass --data samples.npz (or a folder of .npy files or images), or choose another --precision.",
+            )
+
+    def compress(self, batch: int | None) -> list[dict[str, Any]]:
+        """Run the requested compression methods on the source (distill, prune, clip), before any conversion.
+
+        The compressed model becomes the source every target converts from and validates against; each
+        method's report records its measured effect against the model before it.
+        """
+        from edgepack.source import open_source
+
+        settings = compression_settings(self.options.compress, [t.profile for t in self.plan.targets])
+        if not settings:
+            return []
+        from edgepack.compress import PIPELINE_ORDER, pipeline_step
+
+        assert self.source is not None
+        reports, current = [], self.source
+        for method in (m for m in PIPELINE_ORDER if m in settings):
+            self.progress(f"compressing: {method}")
+            path, report = pipeline_step(current.path, current.format, settings={method: settings[method]},
+                                         data=self.options.data, workdir=self.workdir / f"compress-{method}",
+                                         progress=self.progress)
+            reports.append({"method": method, "settings": dict(settings[method]), **report})
+            current = open_source(path, input_shapes=self.options.input_shapes, batch=batch,
+                                  trust_code=self.options.trust_code)
+        self.source = current
+        return reports
+
+    def quantize(self, target: TargetPlan, pre: Artifact, float_artifact: Artifact) -> tuple[Artifact, dict]:
+        """Quantize for one target (edgepack.quantize): calibrate, gate on held-out data, repair, time."""
+        from edgepack.quantize import QuantOptions, quantize_for_target
+
+        profile = target.profile
+        assert self.source is not None
+        calibration, heldout = (None, None)
+        if self.dataset is not None:
+            calibration, heldout = self.dataset.split(profile.quantize.holdout, seed=self.options.seed)
+        folder = self.workdir / f"quantize-{profile.name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.progress(f"{profile.name}: quantizing to {profile.precision.value}")
+        return quantize_for_target(
+            source=self.source, pre=pre, float_artifact=float_artifact, profile=profile, calibration=calibration,
+            heldout=heldout, workdir=folder, options=QuantOptions.from_profile(profile, trust_code=self.options.trust_code),
+            allow_drop=self.options.allow_accuracy_drop, progress=self.progress, seed=self.options.seed,
+        )
 
     def _memo(self, key: tuple[Any, ...], make: Callable[[Path], tuple[Artifact, dict[str, Any]]]):
         if key not in self.cache:
@@ -232,20 +295,40 @@ class _Run:
             records.append(self._memo(("simplify", current.sha256, tool), simplify))
         return records
 
-    def artifact_for(self, target: TargetPlan) -> tuple[Artifact, list[dict[str, Any]]]:
-        """Run the conversion chain for one target; returns the final artifact and step records."""
+    def artifact_for(self, target: TargetPlan) -> tuple[Artifact, list[dict[str, Any]], Artifact]:
+        """Run the conversion chain for one target.
+
+        Returns the final artifact, the step records, and the artifact the final hop started from (what a
+        quantizer that re-converts, like TFLite's, needs).
+        """
         assert self.source is not None
         current, records = self.source, []
+        pre = current
         chain: list[ModelFormat | None] = [None, *target.route]
         for fmt in chain:
             if fmt is not None:
+                pre = current
                 current, record = self.hop(current, fmt, target.profile)
                 records.append(record)
             if current.format is ModelFormat.ONNX:
                 prepared = self.prepare_onnx(current, target.profile)
                 records.extend(record for _, record in prepared)
                 current = prepared[-1][0] if prepared else current
-        return current, records
+        return current, records, pre
+
+
+def compression_settings(flags: Mapping[str, Any], profiles: Sequence[Profile]) -> dict[str, Any]:
+    """Compression for the run: the flags, else the profiles' ``[step_options.compress]`` (which must agree)."""
+    if flags:
+        return dict(flags)
+    asked = {json.dumps(p.options(Step.COMPRESS), sort_keys=True) for p in profiles if Step.COMPRESS in p.steps}
+    asked.discard("{}")
+    if len(asked) > 1:
+        from edgepack.errors import UsageError
+
+        raise UsageError("the chosen targets ask for different compression in their profiles.",
+                         hint="Package them in separate runs, or give --prune/--clip/--distill-student.")
+    return json.loads(asked.pop()) if asked else {}
 
 
 def _tool(artifact: Artifact) -> dict[str, Any]:

@@ -137,6 +137,8 @@ class Device(_Strict):
     peak_gflops: float | None = Field(None, gt=0)
     mem_bandwidth_gbs: float | None = Field(None, gt=0)
     ipc: float | None = Field(None, gt=0)
+    # Multiplicative band of ``ipc``: the effective value lies in [ipc/u, ipc*u] (docs/latency.md).
+    ipc_uncertainty: float | None = Field(None, ge=1)
 
 
 class Inputs(_Strict):

@@ -35,7 +35,11 @@ def detect_format(path: str | Path) -> ModelFormat:
         ModelError: the path is missing, empty, unsafe (a pickle) or not a model edgepack reads.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ModelError(f"cannot read {path} ({exc.strerror}).", hint="Check the path to the model.") from exc
+    if not exists:
         raise ModelError(f"{path} does not exist.", hint="Check the path to the model.")
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
@@ -44,6 +48,8 @@ def detect_format(path: str | Path) -> ModelFormat:
             f"{path} is a folder without saved_model.pb.",
             hint="Give a SavedModel folder, or a .keras, .h5, .onnx or .tflite file.",
         )
+    if not path.is_file():  # a FIFO, socket or device: reading it could block or never end
+        raise ModelError(f"{path} is not a regular file.", hint="Give the model file itself.")
     try:
         with path.open("rb") as fh:
             head = fh.read(64)
@@ -108,17 +114,18 @@ def refuse_code(config: Any, path: Path, trust_code: bool) -> None:
 
 
 def _lambda_layers(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        hits = []
-        if node.get("class_name") == "Lambda":
-            config = node.get("config") or {}
-            hits.append(str(config.get("name", "lambda")))
-        for value in node.values():
-            hits.extend(_lambda_layers(value))
-        return hits
-    if isinstance(node, list):
-        return [hit for item in node for hit in _lambda_layers(item)]
-    return []
+    # An explicit stack, not recursion: a damaged or hostile config may nest deeper than Python's stack.
+    hits, stack = [], [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                config = node.get("config")
+                hits.append(str(config.get("name", "lambda")) if isinstance(config, dict) else "lambda")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return hits
 
 
 def _keras_config(path: Path, fmt: ModelFormat) -> Any:
@@ -151,7 +158,7 @@ def load_keras(path: str | Path, fmt: ModelFormat, *, trust_code: bool = False) 
     """
     path = Path(path)
     refuse_code(_keras_config(path, fmt), path, trust_code)
-    require("tensorflow")
+    _tensorflow()
     keras = require("keras")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
@@ -167,6 +174,18 @@ def load_keras(path: str | Path, fmt: ModelFormat, *, trust_code: bool = False) 
             f"{path} cannot be loaded by Keras 3 ({_first_line(first)}) nor tf_keras ({_first_line(exc)}).",
             hint="Re-save it as .keras with the Keras version that trained it.",
         ) from exc
+
+
+def _tensorflow() -> Any:
+    """Import TensorFlow with its C++ start-up log lines kept off the terminal.
+
+    TensorFlow 2.21 writes absl log lines to fd 2 on import whatever ``TF_CPP_MIN_LOG_LEVEL`` says,
+    which would break the CLI's one-line errors; later imports are no-ops.
+    """
+    from edgepack.convert._common import quiet
+
+    with quiet():
+        return require("tensorflow")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -238,6 +257,7 @@ def _io_tflite(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[Ten
     litert = require("ai_edge_litert.interpreter")
     try:
         interp = litert.Interpreter(model_path=str(path))
+        details = interp.get_input_details(), interp.get_output_details()  # names may not decode
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"{path} is not a valid .tflite model ({_first_line(exc)}).", hint="Re-export it.") from exc
 
@@ -247,7 +267,7 @@ def _io_tflite(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[Ten
         shape = tuple(int(d) if d > 0 else None for d in dims)
         return TensorSpec(detail["name"], shape, detail["dtype"].__name__, guess_layout(shape))
 
-    return [spec(d) for d in interp.get_input_details()], [spec(d) for d in interp.get_output_details()]
+    return [spec(d) for d in details[0]], [spec(d) for d in details[1]]
 
 
 def _io_keras(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -268,7 +288,7 @@ def _io_keras(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[Tens
 
 
 def _io_savedmodel(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    tf = require("tensorflow")
+    tf = _tensorflow()
     try:
         loaded = tf.saved_model.load(str(path))
         fn = loaded.signatures["serving_default"]
@@ -399,8 +419,12 @@ def open_source(
     trust_code: bool = False,
 ) -> Artifact:
     """Open the user's model as the pipeline's first artifact, with every input shape static."""
+    from edgepack import memory
+
     path = Path(path)
     fmt = detect_format(path)
+    needs = {"the model loaded and converted": memory.MODEL_COPIES * memory.model_bytes(path)}
+    memory.check_fits(path, needs)  # before a framework reads the whole file
     inputs, outputs = read_io(path, fmt, trust_code=trust_code)
     if not inputs:
         raise ModelError(f"{path} has no inputs.", hint="Re-export the model with its input layer.")
@@ -412,6 +436,12 @@ def open_source(
             hint="Re-export the model with plain tensor inputs.",
         )
     fixed, origin = fix_shapes(inputs, input_shapes or {}, batch=batch, path=path)
+    needs["validation inputs"] = memory.VALIDATION_SAMPLES * memory.tensor_bytes(fixed)
+    if fmt is ModelFormat.TFLITE:  # its tensor shapes are all in the file: a damaged one can claim gigabytes
+        from edgepack.macs import estimate_tflite
+
+        needs["its activations"] = estimate_tflite(path).activation_bytes
+    memory.check_fits(path, needs)
     batch_size = fixed[0].shape[0] if fixed[0].shape else None
     outputs = [_fix_output_batch(o, batch_size) for o in outputs]
     return Artifact.from_file(

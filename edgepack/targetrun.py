@@ -35,31 +35,52 @@ def static_check(artifact: Artifact, profile: Profile) -> dict[str, Any]:
 
 
 def package_target(run: _Run, target: TargetPlan) -> TargetResult:
-    """Convert, check and validate one target, then write its bundle and archive atomically."""
+    """Convert, quantize or validate, check, then write one target's bundle and archive atomically."""
+    from edgepack.bundle import base_manifest
     from edgepack.pipeline import TargetResult
-    from edgepack.validate import validate
 
     profile = target.profile
     assert run.source is not None
-    artifact, steps = run.artifact_for(target)
+    artifact, steps, pre = run.artifact_for(target)
+    measurements: dict[str, Any] = {}
+    quantization = None
+    if Step.QUANTIZE.value in target.steps:
+        artifact, quantization = run.quantize(target, pre, artifact)
+        measurements["quantization"] = {"latency": quantization.pop("latency", None)}
+        steps.append({"name": "quantize", **{k: quantization.get(k) for k in ("mode", "tool", "tool_version")}})
+        validation = {"passed": quantization["gate"].get("passed"), "by": "accuracy gate (held-out data)",
+                      **quantization["gate"]}
+    else:
+        validation = _validate(run, target, artifact)
+        steps.append({"name": "validate", "runtime": validation.get("candidate_runtime")})
     compat = static_check(artifact, profile)
-    run.progress(f"{profile.name}: validating {artifact.format.value} against the source")
-    report = validate(run.source, artifact, run.samples, profile.accuracy, seed=run.options.seed)
-    report.raise_if_failed()
-
-    from edgepack.bundle import base_manifest
-
-    manifest = base_manifest(profile=profile, source=run.source, artifact=artifact)
-    manifest["steps"] = [*steps, {"name": "validate", "runtime": report.to_dict().get("candidate_runtime")}]
-    manifest["validation"] = report.to_dict()
+    manifest = base_manifest(profile=profile, source=run.original or run.source, artifact=artifact)
+    manifest["steps"] = steps
+    manifest["validation"] = validation
+    manifest["quantization"] = quantization
     manifest["compatibility"] = compat
     manifest["data"] = run.data_description
+    if run.compression:
+        manifest["compression"] = [{k: v for k, v in c.items() if k != "latency"} for c in run.compression]
+        measurements["compression"] = [{"method": c["method"], "latency": c.get("latency")} for c in run.compression]
     manifest["unsealed"] = [REPORT_DIR]
-    archive, sealed = write_bundle(run, target, artifact, manifest)
+    archive, sealed = write_bundle(run, target, artifact, manifest, measurements)
     return TargetResult(profile.name, target.out_dir, archive, sealed)
 
 
-def write_bundle(run: _Run, target: TargetPlan, artifact: Artifact, manifest: dict[str, Any]) -> tuple[Path, dict]:
+def _validate(run: _Run, target: TargetPlan, artifact: Artifact) -> dict[str, Any]:
+    from edgepack.validate import validate
+
+    assert run.source is not None
+    run.progress(f"{target.profile.name}: validating {artifact.format.value} against the source")
+    report = validate(run.source, artifact, run.samples, target.profile.accuracy, seed=run.options.seed)
+    report.raise_if_failed()
+    return report.to_dict()
+
+
+def write_bundle(
+    run: _Run, target: TargetPlan, artifact: Artifact, manifest: dict[str, Any], measurements: dict[str, Any]
+) -> tuple[Path, dict]:
     """Stage the bundle, run the device check in it, seal, sign, archive; rename into place last."""
     from edgepack.archive import write_deterministic_tar
     from edgepack.atomic import staged_output
@@ -70,7 +91,8 @@ def write_bundle(run: _Run, target: TargetPlan, artifact: Artifact, manifest: di
     profile = target.profile
     extra: dict[str, str] = {}
     if profile.runtime is Runtime.TENSORRT:
-        extra["build_engine.sh"] = build_engine_script(profile, Path(artifact.path).name)
+        int8_qdq = bool(artifact.meta.get("tensorrt_flags"))
+        extra["build_engine.sh"] = build_engine_script(profile, Path(artifact.path).name, int8_qdq=int8_qdq)
     target.out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = target.out_dir.parent / f"{profile.name}.tar.gz"
     if archive.exists() and not run.options.force:
@@ -80,7 +102,7 @@ def write_bundle(run: _Run, target: TargetPlan, artifact: Artifact, manifest: di
         with staged_output(target.out_dir, force=run.options.force) as staging:
             stage_files(staging, profile=profile, artifact=artifact, extra_files=extra)
             write_manifest(staging, manifest)
-            measurements = device_check(run, profile, staging, manifest)
+            measurements.update(device_check(run, profile, staging, manifest))
             sealed = write_manifest(staging, manifest)
             if run.options.sign_key is not None:
                 from edgepack.signing import sign_file
@@ -104,6 +126,10 @@ def device_check(run: _Run, profile: Profile, staging: Path, manifest: dict[str,
     run.progress(f"{profile.name}: device check ({profile.emulation.mode})")
     check = check_bundle(staging, profile, samples=run.samples, seed=run.options.seed, progress=run.progress)
     manifest["device_check"] = check.facts
+    if check.estimate is not None:  # the budget applies to the device estimate (LatencyBudgetError, exit 9)
+        from edgepack.estimate import check_budget
+
+        check_budget(check.estimate, profile.latency.budget_ms, profile.name)
     return check.measurements
 
 

@@ -366,7 +366,9 @@ def test_onnx2tf_runs_offline_and_keeps_the_onnx_layout(tmp_path) -> None:
     out = convert_once(src, F.TFLITE, tmp_path / "out", ConvertOptions())
     assert src.path.read_bytes() == before  # onnx2tf rewrote a copy, not the source
     assert tflite_signature(out.path) == [[1, 8, 8, 3]]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tflite"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.tflite", "saved_model"]
+    assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()  # int8 quantization starts from it
+    assert not list((tmp_path / "out" / "saved_model").glob("*.tflite"))
     x = np.random.default_rng(SEED).standard_normal((1, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(run_tflite(out.path, x), run_onnx(src.path, x), atol=TOL, rtol=TOL)
     assert_tool(out, "onnx2tf")

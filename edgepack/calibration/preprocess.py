@@ -108,6 +108,8 @@ class Preprocess(BaseModel):
             raise DataError(f"{path}: not valid TOML ({exc}).", hint="Fix the syntax of the file.") from exc
         except OSError as exc:
             raise DataError(f"{path}: cannot read the preprocessing file ({exc.strerror}).") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason}).", hint="Save it as UTF-8 TOML.") from exc
         return cls.from_table(table, source=str(path))
 
     @classmethod

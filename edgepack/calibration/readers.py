@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import memory
 from edgepack.artifact import TensorSpec
 from edgepack.calibration import checks
 from edgepack.calibration.preprocess import PREPROCESS_FILE, Preprocess
@@ -92,6 +93,13 @@ def read_npz(path: Path, inputs: Sequence[TensorSpec], preprocess: Preprocess | 
             f"{path} holds {total / 2**20:.0f} MiB of arrays, over the {max_bytes / 2**20:.0f} MiB memory budget"
             " (a .npz is loaded whole).",
             hint="Save each input as a .npy file (memory-mapped) or a folder of .npy files, or raise max_bytes.",
+        )
+    available = memory.available_memory()
+    if available is not None and total > available and not memory.overridden():
+        raise DataError(
+            f"{path} holds {total / 2**20:.0f} MiB of arrays, more than the {available / 2**20:.0f} MiB of memory"
+            " available (a .npz is loaded whole).",
+            hint="Save each input as a .npy file (memory-mapped) or a folder of .npy files, or free memory.",
         )
     arrays = load_npz(path, wanted)
     for spec in inputs:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import IO, Protocol
 
 import numpy as np
@@ -19,6 +21,9 @@ import numpy as np
 from edgepack.calibration.preprocess import Preprocess, read_image
 from edgepack.errors import DataError
 
+# zipfile raises RuntimeError for an encrypted member, NotImplementedError for an unknown compression,
+# zlib.error / EOFError for a damaged stream.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError, zlib.error)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _NO_PICKLE = "edgepack never loads pickles (they can run code)."
 
@@ -55,10 +60,15 @@ def read_header(fh: IO[bytes], label: str) -> ArrayHeader:
         version = fmt.read_magic(fh)
         reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, _fortran, dtype = reader(fh)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TokenError, TypeError, RuntimeError) as exc:
+        # numpy parses the header dict with Python's tokenizer: a damaged header can raise any of these
         raise DataError(f"{label} is not a valid .npy array ({exc}).", hint="Save it with numpy.save.") from exc
     if dtype.hasobject:
         raise DataError(f"{label} holds Python objects (a pickled array); {_NO_PICKLE}", hint="Save numbers instead.")
+    if any(int(d) < 0 for d in shape):
+        raise DataError(
+            f"{label} is not a valid .npy array (negative shape {tuple(shape)}).", hint="Save it with numpy.save."
+        )
     return ArrayHeader(tuple(int(d) for d in shape), dtype)
 
 
@@ -81,7 +91,7 @@ def open_npy(path: Path) -> np.ndarray:
         return np.empty(header.shape, header.dtype)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, OverflowError) as exc:
         raise DataError(f"cannot read {path} as an array ({exc}).", hint="Save it with numpy.save.") from exc
 
 
@@ -99,7 +109,7 @@ def npz_headers(path: Path) -> dict[str, ArrayHeader]:
                 with zf.open(member) as fh:
                     headers[key] = read_header(fh, f"{path}['{key}']")
             return headers
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _ZIP_ERRORS as exc:
         raise DataError(f"{path} is not a valid .npz archive ({exc}).", hint="Save it with numpy.savez.") from exc
 
 
@@ -108,7 +118,7 @@ def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in keys}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, *_ZIP_ERRORS) as exc:
         raise DataError(f"cannot read {path} ({exc}).", hint="Save it with numpy.savez.") from exc
 
 

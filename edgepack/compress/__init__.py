@@ -113,5 +113,7 @@ def _run(
             raise UsageError(f"clip takes no training options, got {', '.join(fit)}.")
         return clip(model, out=out, data=data, force=True, **kwargs)
     if method == "prune":
-        return prune(model, out=out, data=data, force=True, options=replace(FINETUNE, **fit), progress=progress, **kwargs)
+        return prune(
+            model, out=out, data=data, force=True, options=replace(FINETUNE, **fit), progress=progress, **kwargs
+        )
     return distill(model, out=out, data=data, force=True, options=replace(DISTILL, **fit), progress=progress, **kwargs)

@@ -96,20 +96,17 @@ def apply_keras_masks(kernels: Mapping[Key, tuple[Any, np.ndarray]], masks: Mapp
 
 def keras_changes(model: Any, keys: list[Key]) -> tuple[LayerChange, ...]:
     """Per-kernel sparsity of ``model`` for the given kernels."""
+    layers = {layer.name: layer for layer in keras_layers(model)}
     changes = []
     for name, index in keys:
-        layer = model.get_layer(name) if _has_layer(model, name) else None
-        if layer is None:
-            continue
+        layer = layers[name]
         array = layer.get_weights()[index]
         op = type(layer).__name__
         zeros = int(array.size - np.count_nonzero(array))
-        changes.append(LayerChange(name=name, op=op, params_before=array.size, params_after=array.size, zeros_after=zeros))
+        changes.append(
+            LayerChange(name=name, op=op, params_before=array.size, params_after=array.size, zeros_after=zeros)
+        )
     return tuple(changes)
-
-
-def _has_layer(model: Any, name: str) -> bool:
-    return any(layer.name == name for layer in keras_layers(model))
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -133,7 +130,9 @@ def onnx_weights(model: Any) -> dict[str, tuple[str, np.ndarray]]:
     return found
 
 
-def apply_onnx_masks(model: Any, weights: Mapping[str, tuple[str, np.ndarray]], masks: Mapping[str, np.ndarray]) -> None:
+def apply_onnx_masks(
+    model: Any, weights: Mapping[str, tuple[str, np.ndarray]], masks: Mapping[str, np.ndarray]
+) -> None:
     """Replace each masked initializer with its clipped values, in place."""
     from onnx import numpy_helper
 

@@ -115,9 +115,7 @@ def finish(
     fmt: ModelFormat = base.artifact.format
     after_artifact = Artifact.from_file(out, fmt, base.artifact.inputs, base.artifact.outputs)
     outputs = outputs_of(model, after_artifact, base.eval) if base.eval is not None else None
-    after = measure.model_stats(
-        out, fmt, model=model, outputs=outputs, samples=base.eval, reference=base.reference
-    )
+    after = measure.model_stats(out, fmt, model=model, outputs=outputs, samples=base.eval, reference=base.reference)
     timing = None
     if latency:
         with tempfile.TemporaryDirectory(prefix="edgepack-compress-") as workdir:

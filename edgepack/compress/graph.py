@@ -281,7 +281,9 @@ def _refuse_blockers(plan: ChannelPlan, blockers: list[Blocker]) -> None:
     live = [b for b in blockers if any(plan.group(s).fixed is None and plan.group(s).producers for s in b.inputs)]
     if not live:
         return
-    feeders = sorted({p for b in live for s in b.inputs for p in plan.group(s).producers if plan.group(s).fixed is None})
+    feeders = sorted(
+        {p for b in live for s in b.inputs for p in plan.group(s).producers if plan.group(s).fixed is None}
+    )
     what = "; ".join(f"layer '{b.name}' ({b.cls}): {b.reason}" for b in live)
     raise ModelError(
         f"cannot prune channels safely: {what}.",

@@ -93,6 +93,8 @@ def prune(
     settings = {"sparsity": sparsity, "structured": structured, "epochs": epochs if tune else 0}
     settings.update({"exclude": list(exclude)} if structured else {"scope": scope})
     notes = () if tune or data is None else ("epochs=0: no fine-tune",)
+    if structured and all(c.params_after == c.params_before for c in layers):
+        notes += ("nothing was cut: every channel group is fixed (model inputs/outputs, excluded or nested layers)",)
     return flow.finish(
         base,
         method="prune-structured" if structured else "prune",

@@ -87,7 +87,9 @@ def indices(plan: ChannelPlan, keep: Mapping[int, np.ndarray], space: Space) -> 
     return keep.get(plan.root(space))
 
 
-def slice_weights(node: Node, names: list[str], arrays: list[np.ndarray], cut_in: Any, cut_out: Any) -> list[np.ndarray]:
+def slice_weights(
+    node: Node, names: list[str], arrays: list[np.ndarray], cut_in: Any, cut_out: Any
+) -> list[np.ndarray]:
     """The kept slices of one layer's weights, given the kept input and output channel positions."""
     sliced = []
     for name, array in zip(names, arrays):
@@ -104,7 +106,9 @@ def slice_weights(node: Node, names: list[str], arrays: list[np.ndarray], cut_in
     return sliced
 
 
-def prune_structured(model: Any, *, sparsity: float, exclude: tuple[str, ...] = ()) -> tuple[Any, tuple[LayerChange, ...]]:
+def prune_structured(
+    model: Any, *, sparsity: float, exclude: tuple[str, ...] = ()
+) -> tuple[Any, tuple[LayerChange, ...]]:
     """Remove the weakest ``sparsity`` share of channels from every cuttable group.
 
     Args:
@@ -127,7 +131,9 @@ def prune_structured(model: Any, *, sparsity: float, exclude: tuple[str, ...] = 
     return smaller, _copy_weights(model, smaller, plan, keep)
 
 
-def _copy_weights(model: Any, smaller: Any, plan: ChannelPlan, keep: Mapping[int, np.ndarray]) -> tuple[LayerChange, ...]:
+def _copy_weights(
+    model: Any, smaller: Any, plan: ChannelPlan, keep: Mapping[int, np.ndarray]
+) -> tuple[LayerChange, ...]:
     old_layers = {layer.name: layer for layer in model.layers}
     nodes = {node.name: node for node in plan.nodes}
     changes = []

@@ -117,7 +117,14 @@ def _callbacks(model: Any, masks: Mapping[Any, np.ndarray], patience: int, epoch
     class Guard(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
-            self.best, self.best_epoch, self.best_weights, self.wait, self.stopped, self.runs = math.inf, None, None, 0, False, 0
+            self.best, self.best_epoch, self.best_weights, self.wait, self.stopped, self.runs = (
+                math.inf,
+                None,
+                None,
+                0,
+                False,
+                0,
+            )
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             for variable, mask in variables:
@@ -186,7 +193,9 @@ def fit(
     labels = train.labels
     alpha = options.alpha if labels is not None else 0.0
     ref_logits, _ = as_logits(train_ref)
-    _, model_probs = as_logits(np.asarray(_first(model(train.x[0][:2] if len(train.x) == 1 else [a[:2] for a in train.x]))))
+    _, model_probs = as_logits(
+        np.asarray(_first(model(train.x[0][:2] if len(train.x) == 1 else [a[:2] for a in train.x])))
+    )
     classes = ref_logits.shape[1]
     keras = keras_module(model)
     model.compile(

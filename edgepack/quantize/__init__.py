@@ -201,9 +201,9 @@ def quantize_for_target(
     """
     from edgepack.quantize import gate, repair, speed
 
+    _refuse_tflite(source, pre)
     options = options or QuantOptions.from_profile(profile)
     say = progress or (lambda message: None)
-    _refuse_tflite(source, pre)
     backend = backend_for(profile.runtime)
     calib = calibration.take(options.samples)
     workdir = Path(workdir)
@@ -215,9 +215,13 @@ def quantize_for_target(
         kept = f", {len(exclude)} layer(s) kept in float" if exclude else ""
         say(f"{profile.name}: quantizing ({options.mode}{kept}) with {len(calib)} calibration samples")
         artifact = backend.quantize(
-            pre=pre, float_artifact=float_artifact, calibration=calib, workdir=folder,
-            options=options.excluding(exclude), profile=profile,
-        )  # fmt: skip
+            pre=pre,
+            float_artifact=float_artifact,
+            calibration=calib,
+            workdir=folder,
+            options=options.excluding(exclude),
+            profile=profile,
+        )
         return repair.Attempt(exclude, gate.evaluate(reference, artifact, profile.accuracy), artifact)
 
     first = attempt(())
@@ -250,7 +254,8 @@ def quantize_for_target(
 
 
 def _refuse_tflite(source: Artifact, pre: Artifact) -> None:
-    if ModelFormat.TFLITE in (source.format, pre.format):
+    """A .tflite holds no float graph to calibrate (other targets quantize the ONNX made from it)."""
+    if pre.format is ModelFormat.TFLITE:
         raise ConversionError(
             f"{source.path.name} is a .tflite model, which cannot be re-quantized (its float graph is gone).",
             hint="Give edgepack the Keras, SavedModel or ONNX model it was made from.",
@@ -269,20 +274,32 @@ def _layer_errors(
     """Per-layer errors, worst first; a failure to measure them is a warning, not an error."""
     try:
         found = backend.layer_errors(
-            pre=pre, float_artifact=float_artifact, quantized=quantized, samples=calib, options=options,
+            pre=pre,
+            float_artifact=float_artifact,
+            quantized=quantized,
+            samples=calib,
+            options=options,
             profile=profile,
-        )  # fmt: skip
+        )
     except EdgepackError as exc:
         return [], [f"per-layer quantization error could not be measured: {exc.one_line()}"]
-    return sorted(found, key=lambda e: (e.sqnr_db, -e.mse)), []
+    return sorted(found, key=lambda e: (-math.inf if math.isnan(e.sqnr_db) else e.sqnr_db, -e.mse)), []
 
 
 def _accuracy_error(
     profile: Profile, mode: str, gate: GateReport, layers: list[LayerError], attempts: list[Any]
 ) -> AccuracyError:
-    culprits = ", ".join(f"{e.name} ({e.op_type}, SQNR {e.sqnr_db:.1f} dB)" for e in layers[:NAMED_CULPRITS])
+    # Fused TFLite tensor names list every op of the fusion after ';': the first names the layer.
+    culprits = ", ".join(
+        f"{e.name.split(';')[0]} ({e.op_type}, SQNR {e.sqnr_db:.1f} dB)" for e in layers[:NAMED_CULPRITS]
+    )
     tried = max(len(a.excluded) for a in attempts)
-    repaired = f"keeping up to {tried} layer(s) in float did not recover it" if tried else "no repair was tried"
+    cap = profile.quantize.max_float_layers
+    repaired = (
+        f"keeping up to {tried} layer(s) in float did not recover it"
+        if tried
+        else f"no repair was tried (quantize.max_float_layers = {cap})"
+    )
     return AccuracyError(
         f"{profile.name}: the {mode} model is outside the accuracy budget "
         f"({gate.summary()}); {repaired}. Worst layers: {culprits or 'not measured'}.",

@@ -7,7 +7,8 @@ Per output it reports max abs error, cosine, SQNR and (for classifiers) top-1 ag
 
 The budget rule, per output (``accuracy`` is the profile's ``[accuracy]`` table):
 
-* With labels, the first classifier output (2-D ``[N, C]``, ``C > 1``) is judged on task accuracy:
+* With labels, the first classifier output (2-D ``[N, C]``, ``C > 1``, one row per label and a
+  column for every label value) is judged on task accuracy:
   ``int8 accuracy >= accuracy.int8_min_relative_accuracy x float accuracy``.
 * Other classifier outputs, or all of them without labels: top-1 agreement with the float model
   ``>= accuracy.int8_min_top1_agreement``.
@@ -276,10 +277,11 @@ def _count_check(output: str, kind: str, count: int, total: int, fraction: float
 
 
 def _label_output(metrics: Sequence[OutputMetrics], labels: np.ndarray | None) -> int | None:
-    """The first classifier output with one label per row, or None."""
-    if labels is None:
+    """The first classifier output with one label per row and a column for every label, or None."""
+    if labels is None or len(labels) == 0:
         return None
     for i, m in enumerate(metrics):
-        if m.top1_agreement is not None and m.finite and m.rows == len(labels):
+        fits = m.rows == len(labels) and m.shape[1] > int(labels.max())
+        if m.top1_agreement is not None and m.finite and fits:
             return i
     return None

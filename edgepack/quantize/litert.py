@@ -21,6 +21,7 @@ import io
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,10 +116,7 @@ def layer_errors(
     """
     del quantized, profile
     tf = require("tensorflow")
-    plain = QuantOptions(
-        mode="int8", method=options.method, per_channel=options.per_channel, samples=options.samples,
-        trust_code=options.trust_code, select_tf_ops=options.select_tf_ops,
-    )  # fmt: skip
+    plain = replace(options, mode="int8", io="float", exclude=())
     data = representative_dataset(samples)
 
     def measure() -> str:

@@ -68,13 +68,12 @@ def open_session(
             f"{artifact.path}: LiteRT cannot load it ({exc}).",
             hint="Check that the file is a complete .tflite flatbuffer.",
         ) from exc
-    _resize_dynamic_inputs(interp, artifact)
     try:
+        _resize_dynamic_inputs(interp, artifact)
         interp.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
+        return LiteRTSession(interp, deps.version_of("ai-edge-litert") or "unknown", artifact, raw_outputs)
+    except (ValueError, RuntimeError) as exc:  # UnicodeDecodeError (a damaged tensor name) is a ValueError
         raise ModelError(f"{artifact.path}: LiteRT cannot allocate its tensors ({exc}).") from exc
-    version = deps.version_of("ai-edge-litert") or "unknown"
-    return LiteRTSession(interp, version, artifact, raw_outputs)
 
 
 def _resize_dynamic_inputs(interp: Any, artifact: Artifact) -> None:

@@ -39,14 +39,34 @@ def _tflite(module_names, model_path, threads):
 
     def run(feeds):
         for detail, array in zip(ins, feeds):
-            interp.set_tensor(detail["index"], array)
+            interp.set_tensor(detail["index"], _quantize(array, detail))
         interp.invoke()
-        return [interp.get_tensor(d["index"]) for d in outs]
+        return [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
 
     version = getattr(module, "__version__", None) or getattr(
         sys.modules[module.__name__.split(".")[0]], "__version__", "?"
     )
     return run, version
+
+
+RAW = "--raw" in sys.argv  # keep integer outputs of an int8-I/O model as they are
+
+
+def _quantize(array, detail):
+    """Float data for an integer (int8-I/O) input is quantized with the tensor's own scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if dtype.kind in "iu" and array.dtype.kind == "f" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / scale + zero), info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _dequantize(array, detail):
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if not RAW and array.dtype.kind in "iu" and scale:
+        return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+    return array
 
 
 def _onnxruntime(model_path, threads, providers=None):
@@ -101,9 +121,9 @@ def load(manifest, threads, precision):
 
 
 def read_inputs(path, specs, seed):
-    if path is None:
+    if path is None:  # float noise in [0, 1); integer inputs get it quantized by the runtime wrapper
         rng = np.random.default_rng(seed)
-        return [rng.random([d or 1 for d in s["shape"]], dtype=np.float64).astype(s["dtype"]) for s in specs]
+        return [rng.random([d or 1 for d in s["shape"]]).astype(np.float32) for s in specs]
     data = np.load(path, allow_pickle=False)
     if isinstance(data, np.ndarray):
         if len(specs) != 1:
@@ -121,7 +141,9 @@ def read_inputs(path, specs, seed):
                     spec["name"], list(array.shape), spec["shape"]
                 )
             )
-    return [np.ascontiguousarray(a, dtype=s["dtype"]) for s, a in zip(specs, arrays)]
+    # Float data for an integer input stays float here: the runtime wrapper quantizes it with the tensor's params.
+    return [a if np.dtype(s["dtype"]).kind in "iu" and a.dtype.kind == "f" else np.ascontiguousarray(a, s["dtype"])
+            for s, a in zip(specs, arrays)]
 
 
 def _marker(number):
@@ -150,6 +172,7 @@ def main(argv=None):
     parser.add_argument("--precision", help="OpenVINO inference precision hint, e.g. f32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report")
+    parser.add_argument("--raw", action="store_true", help="keep integer outputs of int8-I/O models undequantized")
     args = parser.parse_args(argv)
 
     with open(os.path.join(HERE, "manifest.json")) as fh:
