@@ -262,6 +262,8 @@ def _bad_tflite_index(model: Any) -> str | None:
 
     The flatbuffer parses without checking them; a bit flip in one would send every reader off the table.
     """
+    if not model.subgraphs:
+        return "no subgraph"
     n_codes, n_buffers = len(model.operatorCodes or ()), len(model.buffers or ())
     for k, graph in enumerate(model.subgraphs or ()):
         n_tensors = len(graph.tensors or ())
@@ -322,23 +324,24 @@ def estimate_tflite(path: str | Path) -> Cost:
     model = load_tflite(path)
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     graph = model.subgraphs[0]
-    shapes = [tuple(int(d) for d in (t.shape if t.shape is not None else ())) for t in graph.tensors]
+    tensors = graph.tensors or []
+    shapes = [tuple(int(d) for d in (t.shape if t.shape is not None else ())) for t in tensors]
 
     def nbytes(index: int) -> int:
         numel = _numel(shapes[index]) or 0
         return numel * _TFLITE_BITS.get(types.get(graph.tensors[index].type, ""), 0) // 8
 
-    constant = {i for i, t in enumerate(graph.tensors) if _has_data(model.buffers[t.buffer] if t.buffer else None)}
+    constant = {i for i, t in enumerate(tensors) if _has_data(model.buffers[t.buffer] if t.buffer else None)}
     params = sum(_numel(shapes[i]) or 0 for i in constant if types.get(graph.tensors[i].type) in _PARAM_TFLITE_TYPES)
     weight_bytes = sum(nbytes(i) for i in constant)
-    computed = set(graph.inputs if graph.inputs is not None else ())
+    computed = set(_ints(graph.inputs))
     macs_by_op: Counter[str] = Counter()
     unknown, skipped = Counter(), Counter()
     for operator in graph.operators or ():
         op = tflite_op_name(schema, model.operatorCodes[operator.opcodeIndex])
-        ins = [shapes[i] if i >= 0 else None for i in operator.inputs]
-        outs = [shapes[i] for i in operator.outputs]
-        computed.update(operator.outputs)
+        ins = [shapes[i] if i >= 0 else None for i in _ints(operator.inputs)]
+        outs = [shapes[i] for i in _ints(operator.outputs)]
+        computed.update(_ints(operator.outputs))
         if op in _TFLITE_COUNTED:
             macs = _tflite_macs(op, ins, outs, operator.builtinOptions)
             if macs is None:
@@ -348,7 +351,7 @@ def estimate_tflite(path: str | Path) -> Cost:
         elif op in _TFLITE_NOT_COUNTED:
             skipped[op] += 1
     notes = []
-    if any(t.shapeSignature is not None and -1 in list(t.shapeSignature) for t in graph.tensors):
+    if any(t.shapeSignature is not None and -1 in list(t.shapeSignature) for t in tensors):
         notes.append("dynamic dims (-1 in a shape signature) counted as their stored size (batch 1)")
     if len(model.subgraphs) > 1:
         notes.append(f"MACs of the {len(model.subgraphs) - 1} other subgraph(s) (control flow) not counted")

@@ -800,7 +800,7 @@ def _cli_cases(originals: dict, root: Path) -> dict[str, tuple[list[str], type[E
         cases[f"verify-{case}"] = (["verify", str(folder / name)], VerificationError, None)
     out = root / "shape" / "out"
     cases["bad-input-shape"] = (["package", onnx, "-t", "rpi4-arm64-onnxruntime", "-o", str(out),
-                                 "--input-shape", "input=1,x,16"], UsageError, out)  # fmt: skip
+                                 "--input-shape", "input=1,three,16,16"], UsageError, out)  # fmt: skip
     return cases
 
 

@@ -66,9 +66,11 @@ def test_model_larger_than_memory_is_refused_before_it_is_read(
         api.inspect(model)
 
 
-def test_savedmodel_folder_counts_every_file(tmp_path: Path, tiny_savedmodel_path: Path, little_memory: int) -> None:
+def test_savedmodel_folder_counts_every_file(tmp_path: Path, tiny_savedmodel_path: Path, monkeypatch) -> None:
     size = memory.model_bytes(tiny_savedmodel_path)
     assert size > (tiny_savedmodel_path / "saved_model.pb").stat().st_size
+    monkeypatch.delenv(memory.OVERRIDE_ENV, raising=False)
+    monkeypatch.setattr(memory, "available_memory", lambda: size)  # the folder fits once, not twice
     with pytest.raises(ModelError, match="needs about"):
         api.package(tiny_savedmodel_path, targets=["rpi4-arm64"], out=tmp_path / "out", device_check=False)
 
@@ -85,12 +87,12 @@ def test_huge_input_shape_is_refused(tmp_path: Path, tiny_onnx_dynamic_path: Pat
     monkeypatch.delenv(memory.OVERRIDE_ENV, raising=False)
     monkeypatch.setattr(memory, "available_memory", lambda: 8 * GiB)
     out = tmp_path / "out"
-    with pytest.raises(ModelError, match="validation inputs 12.0 GiB"):
+    with pytest.raises(ModelError, match=r"validation inputs 11\.4 GiB"):
         api.package(
             tiny_onnx_dynamic_path,
             targets=["rpi4-arm64-onnxruntime"],
             out=out,
-            input_shapes=["input=128,3,1024,1024"],  # 1.5 GiB a sample, 8 samples
+            input_shapes=["input=500000,3,16,16"],  # a batch of 1.4 GiB, 8 validation samples
             device_check=False,
         )
     assert _written(out) == []
@@ -132,22 +134,24 @@ def test_available_memory_is_a_positive_number() -> None:
 
 
 def test_npy_folder_of_5000_files_streams_with_bounded_memory(tmp_path: Path) -> None:
+    spec = TensorSpec("input", (1, 3, 32, 32), "float32")
     folder = tmp_path / "calib"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(5000):
-        np.save(folder / f"{i:05d}.npy", rng.random((1, 3, 16, 16), dtype=np.float32))
-    total = 5000 * 3 * 16 * 16 * 4  # 15 MiB of samples
+        np.save(folder / f"{i:05d}.npy", rng.random((1, 3, 32, 32), dtype=np.float32))
+    total = 5000 * 3 * 32 * 32 * 4  # 59 MiB of samples
     tracemalloc.start()
     try:
-        dataset = load_dataset(folder, [SPEC])
-        seen = sum(float(feed["input"][0, 0, 0, 0]) > -1 for feed in dataset)
+        dataset = load_dataset(folder, [spec])
+        seen = sum(float(feed["input"][0, 0, 0, 0]) >= 0 for feed in dataset)
         dataset.describe()  # hashes every file, streamed
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(dataset) == seen == 5000
-    assert peak < total / 4, f"peak {peak / 2**20:.1f} MiB for {total / 2**20:.1f} MiB of data"
+    # What stays is a few hundred bytes of bookkeeping a file (names, row counts), never the samples.
+    assert peak < total / 5, f"peak {peak / 2**20:.1f} MiB for {total / 2**20:.1f} MiB of data"
 
 
 def test_huge_npy_is_memory_mapped_and_only_the_used_samples_read(tmp_path: Path) -> None:
