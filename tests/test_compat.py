@@ -174,3 +174,15 @@ def test_litert_table_matches_the_installed_runtime() -> None:
 @pytest.mark.skipif(version_of("onnx2tf") != "1.28.8", reason="the table was measured with onnx2tf 1.28.8")
 def test_onnx2tf_table_matches_the_installed_converter() -> None:
     assert set(onnx2tf_ops()) == load_table("onnx2tf").supported
+
+
+def test_onnx_function_ops_count_as_supported_by_onnxruntime():
+    """HardSwish has no ORT kernel but is an ONNX function op: ORT expands it (a real model uses it)."""
+    from edgepack.compat import check_compatibility
+    from edgepack.profiles import load_profile
+
+    verdict = check_compatibility({"HardSwish": 3, "Conv": 2}, load_profile("rpi4-arm64-onnxruntime"), opset=15)
+    assert verdict.ok and not verdict.unsupported
+    assert any("HardSwish" in note for note in verdict.notes)
+    made_up = check_compatibility({"NoSuchOp": 1}, load_profile("rpi4-arm64-onnxruntime"), opset=15)
+    assert made_up.unsupported == ("NoSuchOp",)

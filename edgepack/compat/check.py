@@ -197,13 +197,30 @@ def _check_onnxruntime(profile: Profile, ops: Mapping[str, int], opset: int | No
     run_opset = min(opset, profile.target_opset) if opset and profile.target_opset else opset
     for op in ops:
         span = table.opsets.get(op)
-        if span is None:
+        if span is None and _is_onnx_function(op, run_opset):
+            found.notes.append(f"{op} has no kernel; ONNX Runtime expands its ONNX function body")
+        elif span is None:
             found.unsupported.add(op)
         elif run_opset is not None and not _split(op)[0] and span[1] is not None and run_opset > span[1]:
             found.unsupported.add(op)
             found.notes.append(f"{op} has no CPU kernel after opset {span[1]}")
     _opset_notes(found, ops, opset, profile.target_opset, "the profile")
     return found
+
+
+def _is_onnx_function(op: str, opset: int | None) -> bool:
+    """Whether ``op`` is an ai.onnx function op (HardSwish, Mish, ...) that runtimes expand into primitives."""
+    domain, name = _split(op)
+    if domain:
+        return False
+    from edgepack.deps import require
+
+    defs = require("onnx.defs")
+    try:
+        schema = defs.get_schema(name, opset or defs.onnx_opset_version())
+    except Exception:  # noqa: BLE001 - not an ONNX op at that opset
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
 
 
 def _check_openvino(profile: Profile, ops: Mapping[str, int], opset: int | None, kind: OpKind, _: Any) -> _Findings:
