@@ -56,6 +56,25 @@ def with_precision(profiles: Sequence[Profile], precision: str | None) -> list[P
     return chosen
 
 
+def with_quantize(profiles: Sequence[Profile], settings: Mapping[str, Any] | None) -> list[Profile]:
+    """Profiles with their ``[quantize]`` settings overridden (method, per_channel, samples, ...), validated."""
+    if not settings:
+        return list(profiles)
+    from pydantic import ValidationError
+
+    from edgepack.profiles import Quantize
+
+    out = []
+    for profile in profiles:
+        try:
+            quantize = Quantize.model_validate({**profile.quantize.model_dump(), **settings})
+        except ValidationError as exc:
+            raise UsageError(f"bad quantization option: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc'][0]}).",
+                             hint="See `edgepack package --help`.") from exc
+        out.append(profile.model_copy(update={"quantize": quantize}))
+    return out
+
+
 def _shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
     from edgepack.source import parse_input_shapes
 
@@ -88,6 +107,10 @@ def package(
     precision: str | None = None,
     allow_accuracy_drop: bool = False,
     compress: Mapping[str, Mapping[str, Any]] | None = None,
+    quantize: Mapping[str, Any] | None = None,
+    eval_data: str | Path | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    timestamp: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> PackageResult:
     """Convert, validate and bundle ``model`` for each target into ``out/<target>/``.
@@ -106,8 +129,11 @@ def package(
         seed=seed,
         allow_accuracy_drop=allow_accuracy_drop,
         compress=dict(compress or {}),
+        eval_data=Path(eval_data) if eval_data is not None else None,
+        preprocess=dict(preprocess or {}),
+        timestamp=timestamp,
     )
-    profiles = with_precision(resolve_targets(targets), precision)
+    profiles = with_quantize(with_precision(resolve_targets(targets), precision), quantize)
     result = run_plan(plan(model, targets=profiles, out=out), options, progress=progress)
     failed = [t for t in result.targets if t.error]
     if failed:

@@ -41,16 +41,21 @@ def png(kind: str, title: str, data: Mapping[str, Any]) -> bytes | None:
         fig = Figure(dpi=110, layout="constrained")
         if not DRAW[kind](fig, data):
             return None
-        fig.suptitle(textwrap.fill(title, 90), parse_math=False, fontsize=10, fontweight="bold")
+        text = "\n".join(textwrap.fill(line, 95) for line in title.splitlines())
+        fig.suptitle(text, parse_math=False, fontsize=10, fontweight="bold")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
 
 
-def short_name(name: str, width: int = 44) -> str:
-    """A layer name short enough for an axis: its first fused part, middle elided."""
-    first = str(name).split(";")[0]
-    return first if len(first) <= width else first[: width // 2 - 1] + "..." + first[-(width // 2 - 2) :]
+def short_name(name: str, width: int = 40) -> str:
+    """A layer name short enough for an axis: the last two path parts of its first fused name, middle elided.
+
+    >>> short_name("model_1/block_1/conv1_1/Relu;model_1/block_1/bn1_1/add")
+    'conv1_1/Relu'
+    """
+    short = "/".join(str(name).split(";")[0].strip("/").split("/")[-2:])
+    return short if len(short) <= width else short[: width // 2 - 1] + "..." + short[-(width // 2 - 2) :]
 
 
 def _number(value: Any) -> float | None:
@@ -87,7 +92,7 @@ def _layers(fig: Any, data: Mapping[str, Any]) -> bool:
     handles = [_patch(INT8_COLOR, "quantized")]
     if any(r.get("float") for r, _ in rows):
         handles.append(_patch(FLOAT_COLOR, "kept in float (repair)"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     return True
 
 
@@ -136,12 +141,25 @@ def _latency(fig: Any, data: Mapping[str, Any]) -> bool:
     ax.axvline(median, color=FLOAT_COLOR, linewidth=1.5)
     ax.text(median, 0.42, f" median {median:.3g} ms", color=FLOAT_COLOR, fontsize=8, va="bottom")
     if samples[-1] / samples[0] > 5:
-        ax.set_xscale("log")
+        ax.set_xlim(samples[0] / 1.15, samples[-1] * 1.15)
+        _log_axis(ax)
     ax.set_ylim(-0.5, 0.6)
     ax.set_yticks([])
     ax.spines["left"].set_visible(False)
     ax.set_xlabel(f"ms per inference ({len(samples)} runs; one dot per run)")
     return True
+
+
+def _log_axis(ax: Any) -> None:
+    """A log x axis labelled with plain numbers (1, 2, 5 per decade), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    low, high = ax.get_xlim()
+    subs = (1.0, 2.0, 5.0) if high / low > 30 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)  # labels near a tight cluster
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 DRAW: dict[str, Callable[[Any, Mapping[str, Any]], bool]] = {

@@ -58,6 +58,19 @@ PrecisionOpt = Annotated[
     str | None,
     typer.Option("--precision", help="fp32, fp16, int8 or dynamic, where the target accepts it (int8 needs --data)."),
 ]
+EvalOpt = Annotated[Path | None, typer.Option("--eval", help="A separate labelled set for the int8 gate.")]
+PreOpt = Annotated[
+    list[str] | None,
+    typer.Option("--preprocess", help="Image preprocessing KEY=VALUE: size=224x224, layout=NCHW, "
+                 "channel_order=RGB, scale=1/255, mean=0.485,0.456,0.406, std=..., dtype=float32."),
+]
+MethodOpt = Annotated[
+    str | None, typer.Option("--calibration-method", help="minmax, entropy or percentile (default: the profile's).")
+]
+SamplesOpt = Annotated[int | None, typer.Option("--calibration-samples", help="Calibration samples to use.")]
+PerTensorOpt = Annotated[bool, typer.Option("--per-tensor", help="Per-tensor instead of per-channel weights.")]
+SymOpt = Annotated[bool, typer.Option("--symmetric-activations", help="Symmetric int8 activations.")]
+StampOpt = Annotated[bool, typer.Option("--timestamp", help="Record the packaging time (bundles then differ).")]
 DropOpt = Annotated[
     bool, typer.Option("--allow-accuracy-drop", help="Ship int8 even when it misses the accuracy budget (reported).")
 ]
@@ -96,7 +109,8 @@ def _run_package(model: Path, targets: list[Any], opts: dict[str, Any], compress
                 model, targets=targets, out=opts["out_dir"], input_shapes=opts["input_shape"], data=opts["data"],
                 force=opts["force"], trust_code=opts["trust"], device_check=not opts["no_check"],
                 sign_key=opts["sign"], precision=opts["precision"], allow_accuracy_drop=opts["allow_drop"],
-                compress=compress, progress=status.update,
+                compress=compress, quantize=_quantize_flags(opts), eval_data=opts["eval_data"],
+                preprocess=_key_values(opts["preprocess"]), timestamp=opts["timestamp"], progress=status.update,
             )
         except EdgepackError as exc:
             partial = getattr(exc, "result", None)
@@ -104,6 +118,27 @@ def _run_package(model: Path, targets: list[Any], opts: dict[str, Any], compress
                 _print_result(partial, opts["as_json"])
             raise
     _print_result(result, opts["as_json"])
+
+
+def _quantize_flags(opts: dict[str, Any]) -> dict[str, Any]:
+    flags = {"method": opts["calibration_method"], "samples": opts["calibration_samples"]}
+    if opts["per_tensor"]:
+        flags["per_channel"] = False
+    if opts["symmetric_activations"]:
+        flags["symmetric_activations"] = True
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _key_values(values: list[str] | None) -> dict[str, str]:
+    from edgepack.errors import UsageError
+
+    pairs = {}
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--preprocess {value!r} is not KEY=VALUE.", hint="For example --preprocess size=224x224.")
+        pairs[key.strip()] = rest.strip()
+    return pairs
 
 
 def _print_plan(plan: Any) -> None:
@@ -189,6 +224,13 @@ def _common(
     data: DataOpt = None,
     precision: PrecisionOpt = None,
     allow_drop: DropOpt = False,
+    eval_data: EvalOpt = None,
+    preprocess: PreOpt = None,
+    calibration_method: MethodOpt = None,
+    calibration_samples: SamplesOpt = None,
+    per_tensor: PerTensorOpt = False,
+    symmetric_activations: SymOpt = False,
+    timestamp: StampOpt = False,
     force: ForceOpt = False,
     dry_run: DryOpt = False,
     as_json: JsonOpt = False,

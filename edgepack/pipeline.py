@@ -82,6 +82,9 @@ class Options:
     validation_samples: int = 32
     allow_accuracy_drop: bool = False
     compress: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # e.g. {"prune": {"sparsity": 0.5}}
+    eval_data: Path | None = None  # a separate labelled set for the int8 gate and validation
+    preprocess: Mapping[str, Any] = field(default_factory=dict)  # --preprocess KEY=VALUE flags
+    timestamp: bool = False  # record the packaging time in manifests (bundles then differ run to run)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class _Run:
         self.cache: dict[tuple[Any, ...], tuple[Artifact, dict[str, Any]]] = {}
         self.source: Artifact | None = None
         self.dataset: Any = None
+        self.eval_dataset: Any = None
         self.samples: list[list[Any]] | None = None
         self.data_description: dict[str, Any] | None = None
         self.compression: list[dict[str, Any]] = []
@@ -183,10 +187,15 @@ class _Run:
         if self.options.data is not None:
             from edgepack.calibration import load_dataset
 
-            self.dataset = load_dataset(self.options.data, self.source.inputs)
-            self.samples = self.dataset.take(self.options.validation_samples).as_lists()
+            self.dataset = load_dataset(self.options.data, self.source.inputs, preprocess=self.preprocess())
             self.data_description = self.dataset.describe()
-        elif any(Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets):
+        if self.options.eval_data is not None:
+            self.eval_dataset = load_dataset(self.options.eval_data, self.source.inputs, preprocess=self.preprocess())
+            self.data_description = {**(self.data_description or {}), "eval": self.eval_dataset.describe()}
+        validation = self.eval_dataset or self.dataset
+        if validation is not None:
+            self.samples = validation.take(self.options.validation_samples).as_lists()
+        if self.dataset is None and any(Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets):
             from edgepack.errors import DataError
 
             raise DataError(
@@ -221,14 +230,23 @@ class _Run:
         self.source = current
         return reports
 
+    def preprocess(self) -> Any:
+        """Image preprocessing: --preprocess flags, else the profiles' [inputs.preprocess] (None: the loader's own)."""
+        from edgepack.calibration import Preprocess
+
+        if self.options.preprocess:
+            return Preprocess.from_flags(**dict(self.options.preprocess))
+        tables = [t.profile.inputs.preprocess for t in self.plan.targets if t.profile.inputs.preprocess]
+        return Preprocess.from_table(tables[0], source=f"profile {self.plan.targets[0].profile.name}") if tables else None
+
     def quantize(self, target: TargetPlan, pre: Artifact, float_artifact: Artifact) -> tuple[Artifact, dict]:
         """Quantize for one target (edgepack.quantize): calibrate, gate on held-out data, repair, time."""
         from edgepack.quantize import QuantOptions, quantize_for_target
 
         profile = target.profile
         assert self.source is not None
-        calibration, heldout = (None, None)
-        if self.dataset is not None:
+        calibration, heldout = self.dataset, self.eval_dataset  # --eval: the gate uses the user's labelled set
+        if self.dataset is not None and self.eval_dataset is None:
             calibration, heldout = self.dataset.split(profile.quantize.holdout, seed=self.options.seed)
         folder = self.workdir / f"quantize-{profile.name}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,9 @@ class Inputs(_Strict):
 
     batch: int | None = Field(1, ge=1)
     shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    # How images in a --data folder become inputs (edgepack.calibration.Preprocess keys: size, layout,
+    # channel_order, scale, mean, std, dtype); a preprocess.toml beside the data or --preprocess wins.
+    preprocess: dict[str, Any] | None = None
 
 
 class TensorRT(_Strict):

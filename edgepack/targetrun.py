@@ -64,6 +64,10 @@ def package_target(run: _Run, target: TargetPlan) -> TargetResult:
         manifest["compression"] = [{k: v for k, v in c.items() if k != "latency"} for c in run.compression]
         measurements["compression"] = [{"method": c["method"], "latency": c.get("latency")} for c in run.compression]
     manifest["unsealed"] = [REPORT_DIR]
+    if run.options.timestamp:  # opt-in: a timestamp makes the bundle differ from run to run
+        import datetime
+
+        manifest["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     archive, sealed = write_bundle(run, target, artifact, manifest, measurements)
     return TargetResult(profile.name, target.out_dir, archive, sealed)
 
@@ -136,7 +140,9 @@ def device_check(run: _Run, profile: Profile, staging: Path, manifest: dict[str,
 def write_reports(folder: Path, manifest: dict[str, Any], measurements: dict[str, Any]) -> None:
     """report/: report.md and measurements.json (volatile, not in the manifest nor the archive)."""
     from edgepack.report import render_markdown
+    from edgepack.report_html import render_html
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.md").write_text(render_markdown(manifest, measurements))
+    (folder / "report.html").write_text(render_html(manifest, measurements), encoding="utf-8")
     (folder / "measurements.json").write_text(json.dumps(measurements, indent=2, sort_keys=True) + "\n")
