@@ -125,3 +125,42 @@ def test_latency_budget_fails_the_run_with_its_exit_code(tmp_path):
         edgepack.package(DIGITS, targets=[tight], out=tmp_path / "out")
     assert info.value.exit_code == 9 and "budget" in str(info.value)
     assert not (tmp_path / "out" / "tight-pi").exists()
+
+
+def test_image_folder_with_preprocessing_drives_int8(tmp_path):
+    """Digits saved as PNGs in class folders: --preprocess turns them into the model's [0, 1] NHWC input."""
+    import numpy as np
+    from PIL import Image
+
+    data = np.load(DATA)
+    for i, (x, y) in enumerate(zip(data["x"][:120], data["y"][:120])):
+        folder = tmp_path / "images" / str(int(y))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x[..., 0] * 255).round().astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
+    result = edgepack.package(
+        DIGITS, targets=["rpi4-arm64-onnxruntime"], out=tmp_path / "out", data=tmp_path / "images",
+        precision="int8", device_check=False, preprocess={"size": "8x8", "channel_order": "L", "scale": "1/255"},
+        timestamp=True,
+    )
+    manifest = result.targets[0].manifest
+    assert manifest["data"]["kind"] == "image-folder" and manifest["data"]["preprocess_applied"]
+    assert manifest["quantization"]["gate"]["float_accuracy"] > 0.9  # labels came from the folder names
+    assert manifest["created"].endswith("+00:00")
+
+
+def test_eval_set_is_used_for_the_gate(tmp_path):
+    import numpy as np
+
+    data = np.load(DATA)
+    np.savez(tmp_path / "calib.npz", x=data["x"][:100])
+    np.savez(tmp_path / "eval.npz", x=data["x"][100:], y=data["y"][100:])
+    result = edgepack.package(DIGITS, targets=["intel-openvino-cpu"], out=tmp_path / "out", data=tmp_path / "calib.npz",
+                              eval_data=tmp_path / "eval.npz", precision="int8", device_check=False,
+                              quantize={"method": "percentile", "samples": 50})
+    manifest = result.targets[0].manifest
+    assert manifest["quantization"]["gate"]["samples"] == 200
+    assert manifest["quantization"]["gate"]["float_accuracy"] > 0.95
+    assert manifest["quantization"]["settings"]["calibration_samples"] == 50
+    with pytest.raises(UsageError):
+        edgepack.package(DIGITS, targets=["intel-openvino-cpu"], out=tmp_path / "o2", data=tmp_path / "calib.npz",
+                         precision="int8", device_check=False, quantize={"method": "kl-magic"})
