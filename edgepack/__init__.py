@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = ("check", "inspect", "load_profile", "package", "plan", "targets", "verify")
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "check", "inspect", "load_profile", "package", "plan", "targets", "verify"]
+_API = frozenset(__all__) - {"__version__"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgepack.api import check, inspect, load_profile, package, plan, targets, verify

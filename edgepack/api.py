@@ -51,8 +51,10 @@ def with_precision(profiles: Sequence[Profile], precision: str | None) -> list[P
         raise UsageError(f"unknown precision {precision!r}.", hint=f"Use one of: {known}.") from exc
     chosen = [p.model_copy(update={"precision": wanted}) if wanted in p.precisions else p for p in profiles]
     if not any(p.precision is wanted for p in chosen):
-        raise UsageError(f"no chosen target accepts precision {precision!r}.",
-                         hint="See each target's precisions with `edgepack targets show NAME`.")
+        raise UsageError(
+            f"no chosen target accepts precision {precision!r}.",
+            hint="See each target's precisions with `edgepack targets show NAME`.",
+        )
     return chosen
 
 
@@ -69,8 +71,10 @@ def with_quantize(profiles: Sequence[Profile], settings: Mapping[str, Any] | Non
         try:
             quantize = Quantize.model_validate({**profile.quantize.model_dump(), **settings})
         except ValidationError as exc:
-            raise UsageError(f"bad quantization option: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc'][0]}).",
-                             hint="See `edgepack package --help`.") from exc
+            raise UsageError(
+                f"bad quantization option: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc'][0]}).",
+                hint="See `edgepack package --help`.",
+            ) from exc
         out.append(profile.model_copy(update={"quantize": quantize}))
     return out
 
@@ -206,8 +210,9 @@ def check(
 
             samples = load_dataset(data, manifest_specs(manifest)).take(1).as_lists()
         kind, options = parse_runner(runner)
-        return check_bundle(folder, profile, samples=samples, seed=seed, runner=kind, runner_options=options,
-                            progress=progress)
+        return check_bundle(
+            folder, profile, samples=samples, seed=seed, runner=kind, runner_options=options, progress=progress
+        )
 
 
 def _bundle_profile(manifest: Mapping[str, Any], target: TargetLike | None) -> Profile:

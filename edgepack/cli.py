@@ -61,8 +61,11 @@ PrecisionOpt = Annotated[
 EvalOpt = Annotated[Path | None, typer.Option("--eval", help="A separate labelled set for the int8 gate.")]
 PreOpt = Annotated[
     list[str] | None,
-    typer.Option("--preprocess", help="Image preprocessing KEY=VALUE: size=224x224, layout=NCHW, "
-                 "channel_order=RGB, scale=1/255, mean=0.485,0.456,0.406, std=..., dtype=float32."),
+    typer.Option(
+        "--preprocess",
+        help="Image preprocessing KEY=VALUE: size=224x224, layout=NCHW, "
+        "channel_order=RGB, scale=1/255, mean=0.485,0.456,0.406, std=..., dtype=float32.",
+    ),
 ]
 MethodOpt = Annotated[
     str | None, typer.Option("--calibration-method", help="minmax, entropy or percentile (default: the profile's).")
@@ -106,11 +109,23 @@ def _run_package(model: Path, targets: list[Any], opts: dict[str, Any], compress
     with err.status("starting", spinner="dots") as status:
         try:
             result = api.package(
-                model, targets=targets, out=opts["out_dir"], input_shapes=opts["input_shape"], data=opts["data"],
-                force=opts["force"], trust_code=opts["trust"], device_check=not opts["no_check"],
-                sign_key=opts["sign"], precision=opts["precision"], allow_accuracy_drop=opts["allow_drop"],
-                compress=compress, quantize=_quantize_flags(opts), eval_data=opts["eval_data"],
-                preprocess=_key_values(opts["preprocess"]), timestamp=opts["timestamp"], progress=status.update,
+                model,
+                targets=targets,
+                out=opts["out_dir"],
+                input_shapes=opts["input_shape"],
+                data=opts["data"],
+                force=opts["force"],
+                trust_code=opts["trust"],
+                device_check=not opts["no_check"],
+                sign_key=opts["sign"],
+                precision=opts["precision"],
+                allow_accuracy_drop=opts["allow_drop"],
+                compress=compress,
+                quantize=_quantize_flags(opts),
+                eval_data=opts["eval_data"],
+                preprocess=_key_values(opts["preprocess"]),
+                timestamp=opts["timestamp"],
+                progress=status.update,
             )
         except EdgepackError as exc:
             partial = getattr(exc, "result", None)
@@ -246,13 +261,15 @@ def _with_common(command: Any) -> Any:
     """Give ``command`` the shared flags of :func:`_common` after its own parameters; it receives them as ``opts``."""
     import functools
     import inspect as pyinspect
-
     import typing
 
     def params(func: Any) -> list[pyinspect.Parameter]:
         hints = typing.get_type_hints(func, include_extras=True)  # this module uses string annotations
-        return [p.replace(annotation=hints[p.name]) for p in pyinspect.signature(func).parameters.values()
-                if p.name != "opts"]
+        return [
+            p.replace(annotation=hints[p.name])
+            for p in pyinspect.signature(func).parameters.values()
+            if p.name != "opts"
+        ]
 
     own, shared = params(command), params(_common)
 
@@ -301,8 +318,13 @@ def android(
     _run_package(model, ["android-arm64-gpu" if gpu else "android-arm64"], opts or {})
 
 
-_RPI = {("pi4", "litert"): "rpi4-arm64", ("pi5", "litert"): "rpi5-arm64", ("armv7", "litert"): "rpi-armv7",
-        ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime", ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime"}
+_RPI = {
+    ("pi4", "litert"): "rpi4-arm64",
+    ("pi5", "litert"): "rpi5-arm64",
+    ("armv7", "litert"): "rpi-armv7",
+    ("pi4", "onnxruntime"): "rpi4-arm64-onnxruntime",
+    ("pi5", "onnxruntime"): "rpi5-arm64-onnxruntime",
+}
 
 
 @app.command()
@@ -318,8 +340,10 @@ def rpi(
 
     name = _RPI.get((board, runtime))
     if name is None:
-        raise UsageError(f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
-                         hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).")
+        raise UsageError(
+            f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
+            hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).",
+        )
     _run_package(model, [name], opts or {})
 
 
@@ -397,8 +421,10 @@ def check(
     if not facts.get("ran"):
         out.print(f"not run: {facts.get('reason')}")
         return
-    out.print(f"[green]outputs agree[/green] on {facts['runner']} ({facts['machine']}, {facts['runtime']} "
-              f"{facts['runtime_version']})")
+    out.print(
+        f"[green]outputs agree[/green] on {facts['runner']} ({facts['machine']}, {facts['runtime']} "
+        f"{facts['runtime_version']})"
+    )
     if latency:
         out.print(f"latency, {latency['label']}: median {latency['median_ms']:.3f} ms over {latency['runs']} runs")
     count = result.measurements.get("instructions", {}).get("per_inference")

@@ -125,8 +125,20 @@ def check_bundle(
         io = Path(tmp)
         np.savez(io / "in.npz", **{i["name"]: a for i, a in zip(manifest["inputs"], feeds)})
         latency = profile.latency
-        args = ["--input", str(io / "in.npz"), "--output", str(io / "out.npz"), "--report", str(io / "stats.json"),
-                "--runs", str(latency.runs), "--warmup", str(latency.warmup), "--threads", str(latency.threads)]
+        args = [
+            "--input",
+            str(io / "in.npz"),
+            "--output",
+            str(io / "out.npz"),
+            "--report",
+            str(io / "stats.json"),
+            "--runs",
+            str(latency.runs),
+            "--warmup",
+            str(latency.warmup),
+            "--threads",
+            str(latency.threads),
+        ]
         if profile.runtime.value == "openvino":
             args += ["--precision", "f32"]
         result = backend.run(bundle, args, env={})
@@ -139,8 +151,9 @@ def check_bundle(
         stats = json.loads((io / "stats.json").read_text())
         with np.load(io / "out.npz", allow_pickle=False) as data:
             device = {k: data[k] for k in data.files}
-    agreement = compare(host_outputs(bundle, manifest, feeds), device, [o["name"] for o in manifest["outputs"]],
-                        profile)
+    agreement = compare(
+        host_outputs(bundle, manifest, feeds), device, [o["name"] for o in manifest["outputs"]], profile
+    )
     if not agreement["agree"]:
         raise DeviceCheckError(
             f"{profile.name}: run.py on the {backend.name} runner disagrees with the host: "

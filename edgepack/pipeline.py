@@ -195,7 +195,9 @@ class _Run:
         validation = self.eval_dataset or self.dataset
         if validation is not None:
             self.samples = validation.take(self.options.validation_samples).as_lists()
-        if self.dataset is None and any(Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets):
+        if self.dataset is None and any(
+            Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets
+        ):
             from edgepack.errors import DataError
 
             raise DataError(
@@ -221,12 +223,18 @@ class _Run:
         reports, current = [], self.source
         for method in (m for m in PIPELINE_ORDER if m in settings):
             self.progress(f"compressing: {method}")
-            path, report = pipeline_step(current.path, current.format, settings={method: settings[method]},
-                                         data=self.options.data, workdir=self.workdir / f"compress-{method}",
-                                         progress=self.progress)
+            path, report = pipeline_step(
+                current.path,
+                current.format,
+                settings={method: settings[method]},
+                data=self.options.data,
+                workdir=self.workdir / f"compress-{method}",
+                progress=self.progress,
+            )
             reports.append({"method": method, "settings": dict(settings[method]), **report})
-            current = open_source(path, input_shapes=self.options.input_shapes, batch=batch,
-                                  trust_code=self.options.trust_code)
+            current = open_source(
+                path, input_shapes=self.options.input_shapes, batch=batch, trust_code=self.options.trust_code
+            )
         self.source = current
         return reports
 
@@ -237,7 +245,9 @@ class _Run:
         if self.options.preprocess:
             return Preprocess.from_flags(**dict(self.options.preprocess))
         tables = [t.profile.inputs.preprocess for t in self.plan.targets if t.profile.inputs.preprocess]
-        return Preprocess.from_table(tables[0], source=f"profile {self.plan.targets[0].profile.name}") if tables else None
+        return (
+            Preprocess.from_table(tables[0], source=f"profile {self.plan.targets[0].profile.name}") if tables else None
+        )
 
     def quantize(self, target: TargetPlan, pre: Artifact, float_artifact: Artifact) -> tuple[Artifact, dict]:
         """Quantize for one target (edgepack.quantize): calibrate, gate on held-out data, repair, time."""
@@ -252,9 +262,17 @@ class _Run:
         folder.mkdir(parents=True, exist_ok=True)
         self.progress(f"{profile.name}: quantizing to {profile.precision.value}")
         return quantize_for_target(
-            source=self.source, pre=pre, float_artifact=float_artifact, profile=profile, calibration=calibration,
-            heldout=heldout, workdir=folder, options=QuantOptions.from_profile(profile, trust_code=self.options.trust_code),
-            allow_drop=self.options.allow_accuracy_drop, progress=self.progress, seed=self.options.seed,
+            source=self.source,
+            pre=pre,
+            float_artifact=float_artifact,
+            profile=profile,
+            calibration=calibration,
+            heldout=heldout,
+            workdir=folder,
+            options=QuantOptions.from_profile(profile, trust_code=self.options.trust_code),
+            allow_drop=self.options.allow_accuracy_drop,
+            progress=self.progress,
+            seed=self.options.seed,
         )
 
     def _memo(self, key: tuple[Any, ...], make: Callable[[Path], tuple[Artifact, dict[str, Any]]]):
@@ -313,14 +331,16 @@ class _Run:
             records.append(self._memo(("simplify", current.sha256, tool), simplify))
         return records
 
-    def artifact_for(self, target: TargetPlan) -> tuple[Artifact, list[dict[str, Any]], Artifact]:
-        """Run the conversion chain for one target.
+    def artifact_for(
+        self, target: TargetPlan, source: Artifact | None = None
+    ) -> tuple[Artifact, list[dict[str, Any]], Artifact]:
+        """Run the conversion chain for one target (from ``source``, default the run's source).
 
         Returns the final artifact, the step records, and the artifact the final hop started from (what a
         quantizer that re-converts, like TFLite's, needs).
         """
         assert self.source is not None
-        current, records = self.source, []
+        current, records = source or self.source, []
         pre = current
         chain: list[ModelFormat | None] = [None, *target.route]
         for fmt in chain:
@@ -344,8 +364,10 @@ def compression_settings(flags: Mapping[str, Any], profiles: Sequence[Profile]) 
     if len(asked) > 1:
         from edgepack.errors import UsageError
 
-        raise UsageError("the chosen targets ask for different compression in their profiles.",
-                         hint="Package them in separate runs, or give --prune/--clip/--distill-student.")
+        raise UsageError(
+            "the chosen targets ask for different compression in their profiles.",
+            hint="Package them in separate runs, or give --prune/--clip/--distill-student.",
+        )
     return json.loads(asked.pop()) if asked else {}
 
 

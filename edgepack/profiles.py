@@ -14,7 +14,7 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -69,7 +69,7 @@ RUNTIME_FORMAT = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
 
 
 class Accuracy(_Strict):
@@ -145,7 +145,7 @@ class Inputs(_Strict):
     """How dynamic input dimensions are fixed when the user gives no ``--input-shape``."""
 
     batch: int | None = Field(1, ge=1)
-    shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    shapes: dict[str, tuple[Annotated[int, Field(ge=1)], ...]] = Field(default_factory=dict)
     # How images in a --data folder become inputs (edgepack.calibration.Preprocess keys: size, layout,
     # channel_order, scale, mean, std, dtype); a preprocess.toml beside the data or --preprocess wins.
     preprocess: dict[str, Any] | None = None
@@ -227,7 +227,9 @@ class Profile(_Strict):
         if self.runtime is Runtime.TENSORRT and self.tensorrt is None:
             raise ValueError("a tensorrt runtime needs a [tensorrt] table")
         if self.precision not in self.precisions:
-            raise ValueError(f"precision {self.precision.value!r} is not in precisions {[p.value for p in self.precisions]}")
+            raise ValueError(
+                f"precision {self.precision.value!r} is not in precisions {[p.value for p in self.precisions]}"
+            )
         return self
 
     @property
@@ -279,8 +281,17 @@ def load_all() -> list[Profile]:
 
 
 def _locate(target: str) -> Path:
+    if len(target) > 1024 or "\x00" in target:
+        raise ProfileError(
+            f"unknown target {target[:40]!r}... (not a profile name or path).",
+            hint=f"Known targets: {', '.join(builtin_names())}.",
+        )
     candidate = Path(target)
-    if candidate.suffix == ".toml" or candidate.exists():
+    try:
+        exists = candidate.exists()
+    except OSError as exc:  # a name too long for the file system, ...
+        raise ProfileError(f"cannot look up profile {target[:60]!r} ({exc.strerror}).") from exc
+    if candidate.suffix == ".toml" or exists:
         if not candidate.is_file():
             raise ProfileError(f"profile file {target} does not exist.", hint="Give a path to a .toml file.")
         return candidate.resolve()
@@ -299,6 +310,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML ({exc}).", hint="Fix the syntax of the profile.") from exc
+    except RecursionError as exc:
+        raise ProfileError(f"{path}: values nested too deeply to read.", hint="Flatten the profile.") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{path}: cannot read the profile ({exc}).") from exc
 

@@ -130,6 +130,8 @@ def report_blocks(manifest: Mapping[str, Any], measurements: Mapping[str, Any] |
     for i, step in enumerate(manifest.get("compression") or []):
         extra = (meas.get("compression") or [])[i : i + 1]
         blocks += _compression(i + 1, step, (extra[0] if extra else {}).get("latency"))
+    if meas.get("compression_device"):
+        blocks += _compression_device(meas["compression_device"])
     blocks += _compatibility(manifest.get("compatibility") or {})
     blocks += _device(manifest.get("device_check") or {}, meas, manifest.get("profile") or {})
     return blocks
@@ -395,6 +397,30 @@ def _compression(n: int, step: Mapping[str, Any], latency: Mapping[str, Any] | N
         _table(("layer", "op", "parameters", "channels", "sparsity"), _rows(layers, ("name", "op", "p", "c", "s")), 0),
         *([Items(tuple(str(x) for x in step["notes"]))] if step.get("notes") else []),
         Chart("sizes", f"Model size before and after {method}", {"bars": bars}),
+    ]
+
+
+def _compression_device(device: Mapping[str, Any]) -> list[Block]:
+    """Before/after compression on the emulated device: instruction counts (and estimates) decide."""
+    before, after = device.get("before") or {}, device.get("after") or {}
+    rows = (
+        ("model size", _bytes(before.get("size_bytes")), _bytes(after.get("size_bytes"))),
+        (
+            "guest instructions per inference (regression metric)",
+            fmt(before.get("instructions_per_inference")),
+            fmt(after.get("instructions_per_inference")),
+        ),
+        ("device latency, estimate (not measured)", _ms(before.get("estimate_ms")), _ms(after.get("estimate_ms"))),
+        (
+            f"wall time, EMULATED ({before.get('emulated_label') or 'emulated'})",
+            _ms(before.get("emulated_median_ms")),
+            _ms(after.get("emulated_median_ms")),
+        ),
+    )
+    return [
+        Heading("Compression on the emulated device"),
+        Para(str(device.get("label", ""))),
+        Table(("figure", "before", "after"), rows),
     ]
 
 

@@ -124,9 +124,10 @@ def test_tiny_tflite_runs_emulated_like_the_host(request, fixture, runtime, mach
     assert first.instructions and first.instructions == round(first.instructions_total / 5)
     if machine == "aarch64" and env.stamp["precompiled"]:
         assert first.instructions_total == second.instructions_total
-    else:  # 32-bit ARM divides 64-bit integers in a loop whose length depends on the clock's value;
-        # without precompiled .pyc files the first run compiles them, which shifts its count a little.
-        assert abs(first.instructions_total - second.instructions_total) <= 1e-3 * first.instructions_total
+    else:  # 32-bit ARM divides 64-bit integers in a loop whose length depends on the clock's value
+        # (measured: 0.03% idle, 0.15% on a loaded host); without precompiled .pyc files the first run
+        # compiles them, which shifts its count a little more.
+        assert abs(first.instructions_total - second.instructions_total) <= 1e-2 * first.instructions_total
 
 
 @pytest.mark.emulation

@@ -86,10 +86,12 @@ def test_the_band_contains_the_value(ipc, uncertainty, threads):
 
 
 def test_a_profile_without_ipc_uncertainty_gets_the_default_band():
-    device = load_profile("rpi4-arm64").device
+    device = load_profile("rpi4-arm64").device.model_copy(update={"ipc_uncertainty": None})
     est = device_estimate(10_000_000, device)
     assert est.inputs["ipc_uncertainty"] == DEFAULT_IPC_UNCERTAINTY
-    assert est.high_ms / est.value_ms == pytest.approx(getattr(device, "ipc_uncertainty", None) or 2.0)
+    assert est.high_ms / est.value_ms == pytest.approx(DEFAULT_IPC_UNCERTAINTY)
+    tuned = device_estimate(10_000_000, load_profile("rpi4-arm64").device)
+    assert tuned.inputs["ipc_uncertainty"] == 1.75 and tuned.high_ms / tuned.value_ms == pytest.approx(1.75)
 
 
 def test_estimate_rejects_what_it_cannot_use():

@@ -18,9 +18,22 @@ TARGET = "intel-openvino-cpu"
 
 def _package(out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "edgepack", "package", str(ROOT / "examples" / "digits_cnn.keras"), "-t", TARGET,
-         "--out", str(out), "--force", "--no-device-check"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "CI": "true"},
+        [
+            sys.executable,
+            "-m",
+            "edgepack",
+            "package",
+            str(ROOT / "examples" / "digits_cnn.keras"),
+            "-t",
+            TARGET,
+            "--out",
+            str(out),
+            "--force",
+            "--no-device-check",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CI": "true"},
     )
 
 

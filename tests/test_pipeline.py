@@ -102,8 +102,9 @@ def test_no_overwrite_without_force(tmp_path):
 
 def test_accuracy_budget_failure_writes_nothing(tmp_path):
     strict = tmp_path / "strict.toml"
-    strict.write_text('extends = "android-arm64-gpu"\nname = "strict-gpu"\n'
-                      "[accuracy]\nmax_abs_error = 1e-9\nmin_cosine = 1.0\n")
+    strict.write_text(
+        'extends = "android-arm64-gpu"\nname = "strict-gpu"\n[accuracy]\nmax_abs_error = 1e-9\nmin_cosine = 1.0\n'
+    )
     with pytest.raises(AccuracyError) as info:
         edgepack.package(DIGITS, targets=[strict], out=tmp_path / "out", data=DIGITS_DATA, device_check=False)
     assert "probs" in str(info.value)
@@ -116,8 +117,9 @@ def test_signed_bundle_verifies_only_with_its_key(tmp_path):
 
     keygen(tmp_path / "key.pem", tmp_path / "key.pub")
     keygen(tmp_path / "other.pem", tmp_path / "other.pub")
-    result = edgepack.package(DIGITS, targets=["intel-openvino-cpu"], out=tmp_path / "out", device_check=False,
-                              sign_key=tmp_path / "key.pem")
+    result = edgepack.package(
+        DIGITS, targets=["intel-openvino-cpu"], out=tmp_path / "out", device_check=False, sign_key=tmp_path / "key.pem"
+    )
     archive = result.targets[0].archive
     assert edgepack.verify(archive, public_key=tmp_path / "key.pub").to_dict()["signature"]
     with pytest.raises(VerificationError):
@@ -136,8 +138,9 @@ def test_native_device_check_runs_the_bundles_runner(tmp_path):
 
 
 def test_onnx_and_tflite_sources(tmp_path, tiny_onnx_path, tiny_tflite_path):
-    from_onnx = edgepack.package(tiny_onnx_path, targets=["rpi4-arm64", "intel-openvino-cpu"], out=tmp_path / "a",
-                                 device_check=False)
+    from_onnx = edgepack.package(
+        tiny_onnx_path, targets=["rpi4-arm64", "intel-openvino-cpu"], out=tmp_path / "a", device_check=False
+    )
     steps = from_onnx.targets[0].manifest["steps"]
     assert [s.get("tool") for s in steps if s["name"] == "convert"][-1] == "onnx2tf"
     assert any(s["name"] == "simplify" for s in steps)
@@ -154,9 +157,19 @@ def test_run_py_in_the_bundle_runs_natively(all_targets, tmp_path):
     x = np.load(DIGITS_DATA)["x"][:1]
     np.save(tmp_path / "x.npy", x)
     for target in ("rpi4-arm64-onnxruntime", "android-arm64", "intel-openvino-cpu"):
-        proc = subprocess.run([sys.executable, str(out / target / "run.py"), "--input", str(tmp_path / "x.npy"),
-                               "--output", str(tmp_path / f"{target}.npz")], capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(out / target / "run.py"),
+                "--input",
+                str(tmp_path / "x.npy"),
+                "--output",
+                str(tmp_path / f"{target}.npz"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         manifest = json.loads((out / target / "manifest.json").read_text())
         assert manifest["outputs"][0]["source_name"] == "probs"

@@ -63,8 +63,19 @@ def test_int8_run_py_dequantizes_like_the_host(int8, tmp_path):
     bundle = int8["android-arm64"]["bundle"]
     x = np.load(DATA)["x"][:1]
     np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run([sys.executable, str(bundle / "run.py"), "--input", str(tmp_path / "x.npy"), "--output",
-                           str(tmp_path / "y.npz")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(bundle / "run.py"),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--output",
+            str(tmp_path / "y.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     name = int8["android-arm64"]["manifest"]["outputs"][0]["name"]
     probs = np.load(tmp_path / "y.npz")[name]
@@ -87,8 +98,14 @@ def test_precision_applies_where_accepted(tmp_path):
 
 
 def test_structured_pruning_before_conversion(tmp_path):
-    result = edgepack.package(DIGITS, targets=["rpi4-arm64-onnxruntime"], out=tmp_path, data=DATA,
-                              device_check=False, compress={"prune": {"sparsity": 0.5, "structured": True}})
+    result = edgepack.package(
+        DIGITS,
+        targets=["rpi4-arm64-onnxruntime"],
+        out=tmp_path,
+        data=DATA,
+        device_check=False,
+        compress={"prune": {"sparsity": 0.5, "structured": True}},
+    )
     manifest = result.targets[0].manifest
     step = manifest["compression"][0]
     assert step["method"].startswith("prune") and step["settings"]["structured"]
@@ -138,8 +155,13 @@ def test_image_folder_with_preprocessing_drives_int8(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((x[..., 0] * 255).round().astype(np.uint8), mode="L").save(folder / f"{i:03d}.png")
     result = edgepack.package(
-        DIGITS, targets=["rpi4-arm64-onnxruntime"], out=tmp_path / "out", data=tmp_path / "images",
-        precision="int8", device_check=False, preprocess={"size": "8x8", "channel_order": "L", "scale": "1/255"},
+        DIGITS,
+        targets=["rpi4-arm64-onnxruntime"],
+        out=tmp_path / "out",
+        data=tmp_path / "images",
+        precision="int8",
+        device_check=False,
+        preprocess={"size": "8x8", "channel_order": "L", "scale": "1/255"},
         timestamp=True,
     )
     manifest = result.targets[0].manifest
@@ -154,13 +176,46 @@ def test_eval_set_is_used_for_the_gate(tmp_path):
     data = np.load(DATA)
     np.savez(tmp_path / "calib.npz", x=data["x"][:100])
     np.savez(tmp_path / "eval.npz", x=data["x"][100:], y=data["y"][100:])
-    result = edgepack.package(DIGITS, targets=["intel-openvino-cpu"], out=tmp_path / "out", data=tmp_path / "calib.npz",
-                              eval_data=tmp_path / "eval.npz", precision="int8", device_check=False,
-                              quantize={"method": "percentile", "samples": 50})
+    result = edgepack.package(
+        DIGITS,
+        targets=["intel-openvino-cpu"],
+        out=tmp_path / "out",
+        data=tmp_path / "calib.npz",
+        eval_data=tmp_path / "eval.npz",
+        precision="int8",
+        device_check=False,
+        quantize={"method": "percentile", "samples": 50},
+    )
     manifest = result.targets[0].manifest
     assert manifest["quantization"]["gate"]["samples"] == 200
     assert manifest["quantization"]["gate"]["float_accuracy"] > 0.95
     assert manifest["quantization"]["settings"]["calibration_samples"] == 50
     with pytest.raises(UsageError):
-        edgepack.package(DIGITS, targets=["intel-openvino-cpu"], out=tmp_path / "o2", data=tmp_path / "calib.npz",
-                         precision="int8", device_check=False, quantize={"method": "kl-magic"})
+        edgepack.package(
+            DIGITS,
+            targets=["intel-openvino-cpu"],
+            out=tmp_path / "o2",
+            data=tmp_path / "calib.npz",
+            precision="int8",
+            device_check=False,
+            quantize={"method": "kl-magic"},
+        )
+
+
+@pytest.mark.emulation
+def test_structured_pruning_is_judged_on_the_emulated_device(tmp_path):
+    """Structured pruning must cut executed instructions on the device, not only bytes."""
+    result = edgepack.package(
+        DIGITS,
+        targets=["rpi4-arm64"],
+        out=tmp_path,
+        data=DATA,
+        compress={"prune": {"sparsity": 0.5, "structured": True}},
+    )
+    measured = json.loads((result.targets[0].bundle / "report" / "measurements.json").read_text())
+    device = measured["compression_device"]
+    before, after = device["before"]["instructions_per_inference"], device["after"]["instructions_per_inference"]
+    assert before and after and after < 0.8 * before
+    assert device["after"]["size_bytes"] < device["before"]["size_bytes"]
+    report = (result.targets[0].bundle / "report" / "report.md").read_text()
+    assert "Compression on the emulated device" in report and "EMULATED" in report

