@@ -156,7 +156,7 @@ class TensorRT(_Strict):
 
     jetpack: str
     jetpack_tensorrt: dict[str, str]
-    tensorrt_max_opset: dict[str, int]
+    tensorrt_max_opset: dict[str, Annotated[int, Field(ge=7, le=30)]]
     workspace_mib: int = Field(1024, ge=64)
 
     @model_validator(mode="after")
@@ -189,7 +189,7 @@ class Profile(_Strict):
     precision: Precision = Precision.FP32
     precisions: tuple[Precision, ...] = (Precision.FP32,)
     delegate: str = Field("cpu", pattern="^(cpu|xnnpack|gpu)$")
-    opset: int | None = Field(None, ge=7)
+    opset: int | None = Field(None, ge=7, le=30)
     steps: tuple[Step, ...]
     step_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     accuracy: Accuracy = Accuracy()
@@ -327,7 +327,11 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base_name, str):
         raise ProfileError(f"{path}: 'extends' must be a profile name or a path, got {base_name!r}.")
     base_path = (path.parent / base_name) if base_name.endswith(".toml") else _locate(base_name)
-    if not base_path.is_file():
+    try:
+        found = base_path.is_file()
+    except OSError as exc:  # a name too long for the file system, ...
+        raise ProfileError(f"{path}: cannot look up the base profile {base_name[:60]!r} ({exc.strerror}).") from exc
+    if not found:
         raise ProfileError(f"{path}: extends {base_name!r}, which does not exist.")
     base = _resolve(base_path.resolve(), (*chain, path))
     base.pop("extends", None)

@@ -144,9 +144,12 @@ def test_onnx_and_tflite_sources(tmp_path, tiny_onnx_path, tiny_tflite_path):
     steps = from_onnx.targets[0].manifest["steps"]
     assert [s.get("tool") for s in steps if s["name"] == "convert"][-1] == "onnx2tf"
     assert any(s["name"] == "simplify" for s in steps)
-    from_tflite = edgepack.package(tiny_tflite_path, targets=["rpi4-arm64"], out=tmp_path / "b", device_check=False)
+    from_tflite = edgepack.package(tiny_tflite_path, targets=["rpi4-arm64", "rpi4-arm64-onnxruntime"],
+                                   out=tmp_path / "b", device_check=False)
     bundle = from_tflite.targets[0]
     assert _digest(bundle.bundle / bundle.manifest["model"]["file"]) == _digest(tiny_tflite_path)
+    onnx_target = from_tflite.targets[1].manifest  # .tflite -> ONNX with tf2onnx; its dynamic batch fixed
+    assert onnx_target["inputs"][0]["shape"][0] == 1 and onnx_target["validation"]["passed"]
 
 
 def test_run_py_in_the_bundle_runs_natively(all_targets, tmp_path):

@@ -101,6 +101,14 @@ def _from_tflite(src: Artifact, opset: int, path: Path, options: ConvertOptions)
     tf2onnx = require("tf2onnx")
     shapes = {spec.name: list(spec.shape) for spec in src.inputs}
     tf2onnx.convert.from_tflite(str(src.path), opset=opset, shape_override=shapes, output_path=str(path))
+    # tf2onnx keeps a .tflite's dynamic batch signature despite shape_override: fix the inputs by name.
+    from edgepack.convert.onnx_fix import fix_input_shapes, load_onnx, save_onnx
+
+    model = load_onnx(path)
+    if fix_input_shapes(model, src.inputs):
+        onnx = require("onnx")
+        model = onnx.shape_inference.infer_shapes(model)
+        save_onnx(model, path)
 
 
 _FROM: dict[ModelFormat, Callable[[Artifact, int, Path, Any], None]] = {
