@@ -14,9 +14,32 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from edgepack.cli_compress import compress_app
+from edgepack.cli_options import (
+    DataOpt,
+    DropOpt,
+    DryOpt,
+    EvalOpt,
+    ForceOpt,
+    JsonOpt,
+    MethodOpt,
+    ModelArg,
+    NoCheckOpt,
+    OutOpt,
+    PerTensorOpt,
+    PrecisionOpt,
+    PreOpt,
+    SamplesOpt,
+    ShapeOpt,
+    SignOpt,
+    StampOpt,
+    SymOpt,
+    TrustOpt,
+    err,
+    out,
+)
+from edgepack.cli_tools import check, emulator_app, keygen, verify
 from edgepack.errors import EdgepackError, InternalError
 
 app = typer.Typer(
@@ -29,54 +52,9 @@ app = typer.Typer(
 targets_app = typer.Typer(help="List the target profiles, or show one resolved.", invoke_without_command=True)
 app.add_typer(targets_app, name="targets")
 app.add_typer(compress_app, name="compress")
-
-err = Console(stderr=True)
-out = Console()
-
-# ----------------------------------------------------------------------------- shared options
-
-ModelArg = Annotated[Path, typer.Argument(help="Model: .keras, .h5, SavedModel folder, .onnx or .tflite.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; bundles go to OUT/<target>/.")]
-ShapeOpt = Annotated[
-    list[str] | None,
-    typer.Option("--input-shape", help="Fix dynamic input dims: NAME=1,224,224,3 (repeat per input)."),
-]
-DataOpt = Annotated[
-    Path | None, typer.Option("--data", help="Validation/calibration data: .npz, .npy, or a folder of .npy/images.")
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing bundles in OUT.")]
-DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved plan and stop.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
-TrustOpt = Annotated[
-    bool, typer.Option("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
-]
-NoCheckOpt = Annotated[
-    bool, typer.Option("--no-device-check", help="Skip running the bundle on the (emulated) device.")
-]
-SignOpt = Annotated[Path | None, typer.Option("--sign", help="Sign each manifest with this Ed25519 private key.")]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option("--precision", help="fp32, fp16, int8 or dynamic, where the target accepts it (int8 needs --data)."),
-]
-EvalOpt = Annotated[Path | None, typer.Option("--eval", help="A separate labelled set for the int8 gate.")]
-PreOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--preprocess",
-        help="Image preprocessing KEY=VALUE: size=224x224, layout=NCHW, "
-        "channel_order=RGB, scale=1/255, mean=0.485,0.456,0.406, std=..., dtype=float32.",
-    ),
-]
-MethodOpt = Annotated[
-    str | None, typer.Option("--calibration-method", help="minmax, entropy or percentile (default: the profile's).")
-]
-SamplesOpt = Annotated[int | None, typer.Option("--calibration-samples", help="Calibration samples to use.")]
-PerTensorOpt = Annotated[bool, typer.Option("--per-tensor", help="Per-tensor instead of per-channel weights.")]
-SymOpt = Annotated[bool, typer.Option("--symmetric-activations", help="Symmetric int8 activations.")]
-StampOpt = Annotated[bool, typer.Option("--timestamp", help="Record the packaging time (bundles then differ).")]
-DropOpt = Annotated[
-    bool, typer.Option("--allow-accuracy-drop", help="Ship int8 even when it misses the accuracy budget (reported).")
-]
+app.add_typer(emulator_app, name="emulator")
+for _command in (verify, keygen, check):
+    app.command()(_command)
 
 
 def _print_version(value: bool) -> None:
@@ -366,111 +344,6 @@ def jetson(
 
     overrides = {"tensorrt": {"jetpack": jetpack}} if jetpack else {}
     _run_package(model, [load_profile("jetson-orin-trt", overrides=overrides)], opts or {})
-
-
-@app.command()
-def verify(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder or its .tar.gz.")],
-    key: Annotated[Path | None, typer.Option("--key", help="Ed25519 public key to check the signature.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Check every file of a bundle against its manifest (and its signature, with --key)."""
-    from edgepack import api
-
-    report = api.verify(bundle, public_key=key)
-    if as_json:
-        out.print_json(json.dumps(report.to_dict()))
-    else:
-        out.print(
-            f"[green]verified[/green] {bundle}: "
-            + ", ".join(f"{k}={v}" for k, v in report.to_dict().items() if not isinstance(v, list | dict))
-        )
-
-
-@app.command()
-def keygen(
-    private: Annotated[Path, typer.Argument(help="Where to write the private key (PEM, mode 600).")],
-    public: Annotated[Path, typer.Argument(help="Where to write the public key (PEM).")],
-) -> None:
-    """Make an Ed25519 key pair for signing bundles."""
-    from edgepack.signing import keygen as make_keys
-
-    make_keys(private, public)
-    out.print(f"wrote {private} (keep it secret) and {public}")
-
-
-@app.command()
-def check(
-    bundle: Annotated[Path, typer.Argument(help="Bundle folder or its .tar.gz.")],
-    runner: Annotated[
-        str | None, typer.Option("--runner", help="qemu (default for ARM), native, docker, or ssh://user@host.")
-    ] = None,
-    target: Annotated[str | None, typer.Option("--target", "-t", help="Check against this profile instead.")] = None,
-    data: DataOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Run a bundle's run.py on its (emulated or real) device and compare its outputs with the host's."""
-    from edgepack import api
-
-    with err.status("device check", spinner="dots") as status:
-        result = api.check(bundle, runner=runner, target=target, data=data, progress=status.update)
-    if as_json:
-        out.print_json(json.dumps(result.to_dict()))
-        return
-    facts, latency = result.facts, result.measurements.get("latency")
-    if not facts.get("ran"):
-        out.print(f"not run: {facts.get('reason')}")
-        return
-    out.print(
-        f"[green]outputs agree[/green] on {facts['runner']} ({facts['machine']}, {facts['runtime']} "
-        f"{facts['runtime_version']})"
-    )
-    if latency:
-        out.print(f"latency, {latency['label']}: median {latency['median_ms']:.3f} ms over {latency['runs']} runs")
-    count = result.measurements.get("instructions", {}).get("per_inference")
-    if count:
-        out.print(f"guest instructions per inference: {count:,}")
-
-
-emulator_app = typer.Typer(help="Manage the cached emulated devices (QEMU guests).", no_args_is_help=True)
-app.add_typer(emulator_app, name="emulator")
-
-
-@emulator_app.command("setup")
-def emulator_setup(target: Annotated[str, typer.Argument(help="Target name or profile .toml.")]) -> None:
-    """Build and cache the emulated environment of TARGET (a second setup is a cache hit)."""
-    from edgepack import api
-
-    with err.status("setting up", spinner="dots") as status:
-        env = api.emulator_setup(target, progress=status.update)
-    state = "cache hit" if env.cache_hit else f"built in {env.setup_s:.1f} s"
-    out.print(f"{target}: {env.path} ({state})")
-
-
-@emulator_app.command("list")
-def emulator_list(as_json: JsonOpt = False) -> None:
-    """List the cached environments."""
-    from edgepack import api
-
-    entries = api.emulator_list()
-    if as_json:
-        out.print_json(json.dumps(entries, default=str))
-        return
-    for entry in entries:
-        out.print(f"{Path(entry['path']).name}  {entry['size_bytes'] / 2**20:.0f} MiB")
-    if not entries:
-        out.print("no cached environments")
-
-
-@emulator_app.command("remove")
-def emulator_remove(name: Annotated[str, typer.Argument(help="Target name, or an entry name from `list`.")]) -> None:
-    """Remove a cached environment."""
-    from edgepack import api
-    from edgepack.errors import UsageError
-
-    if not api.emulator_remove(name):
-        raise UsageError(f"no cached environment {name!r}.", hint="See `edgepack emulator list`.")
-    out.print(f"removed {name}")
 
 
 # ----------------------------------------------------------------------------- entry point

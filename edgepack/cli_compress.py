@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+
+from edgepack.cli_options import JsonOpt, TrustOpt, err, out
 
 compress_app = typer.Typer(
     help="Compress a model beyond quantization (clip, prune, distill) and show what it buys on the target.",
     no_args_is_help=True,
 )
-
-err = Console(stderr=True)
-out = Console()
 
 ModelArg = Annotated[Path, typer.Argument(help="Model: .keras, .h5 (or .onnx for clip).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the compressed model (.keras, .h5, .onnx).")]
@@ -29,11 +27,7 @@ DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Samples: .npz (x, optional labels y), .npy, or a folder of .npy/images.")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")]
 NoLatencyOpt = Annotated[bool, typer.Option("--no-latency", help="Skip timing both models on the host.")]
-TrustOpt = Annotated[
-    bool, typer.Option("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
-]
 SparsityOpt = Annotated[float, typer.Option("--sparsity", help="Share to remove, in [0, 1): 0.5 = half.")]
 ScopeOpt = Annotated[str, typer.Option("--scope", help="Unstructured: 'layer' (share per kernel) or 'global'.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Fine-tune epochs on --data (0: none).")]

@@ -10,7 +10,6 @@ instruction counts, estimates) that vary by run or machine, for the report.
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,16 +68,10 @@ def host_outputs(bundle: Path, manifest: dict[str, Any], feeds: list[np.ndarray]
 
 
 def summarize_latency(times_ms: Sequence[float], label: str) -> dict[str, Any]:
-    ordered = sorted(times_ms)
-    return {
-        "label": label,
-        "median_ms": statistics.median(ordered),
-        "min_ms": ordered[0],
-        "max_ms": ordered[-1],
-        "stdev_ms": statistics.pstdev(ordered) if len(ordered) > 1 else 0.0,
-        "runs": len(ordered),
-        "samples_ms": list(ordered),
-    }
+    """Median and spread of run.py's timed runs, with what they are (``label``) and every sample."""
+    from edgepack.estimate import spread
+
+    return {"label": label, **spread(times_ms), "samples_ms": sorted(times_ms)}
 
 
 def compare(reference: list[np.ndarray], device: dict[str, np.ndarray], names: list[str], profile: Profile) -> dict:

@@ -148,11 +148,19 @@ def emulated_wall_time(times_ms: Sequence[float]) -> dict[str, Any]:
     Raises:
         ValueError: no times.
     """
+    return {"label": EMULATED_LABEL, **spread(times_ms)}
+
+
+def spread(times_ms: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max, population stdev and count of run times (ms).
+
+    Raises:
+        ValueError: no times.
+    """
     if not times_ms:
-        raise ValueError("no emulated run times to summarize")
+        raise ValueError("no run times to summarize")
     ordered = sorted(float(t) for t in times_ms)
     return {
-        "label": EMULATED_LABEL,
         "median_ms": statistics.median(ordered),
         "min_ms": ordered[0],
         "max_ms": ordered[-1],
