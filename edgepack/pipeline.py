@@ -174,6 +174,16 @@ class _Run:
     def open(self) -> None:
         from edgepack.source import open_source
 
+        if self.options.data is None and any(
+            Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets
+        ):
+            from edgepack.errors import DataError
+
+            raise DataError(
+                "int8 quantization needs calibration data from your model's domain (random inputs say nothing "
+                "about int8 accuracy).",
+                hint="Pass --data samples.npz (or a folder of .npy files or images), or choose another --precision.",
+            )
         self.progress(f"reading {self.plan.model.name}")
         batch = min((p.profile.inputs.batch or 0 for p in self.plan.targets), default=1) or None
         self.source = open_source(
@@ -192,19 +202,9 @@ class _Run:
         if self.options.eval_data is not None:
             self.eval_dataset = load_dataset(self.options.eval_data, self.source.inputs, preprocess=self.preprocess())
             self.data_description = {**(self.data_description or {}), "eval": self.eval_dataset.describe()}
-        validation = self.eval_dataset or self.dataset
+        validation = self.eval_dataset if self.eval_dataset is not None else self.dataset
         if validation is not None:
             self.samples = validation.take(self.options.validation_samples).as_lists()
-        if self.dataset is None and any(
-            Step.QUANTIZE.value in t.steps and t.profile.precision.value == "int8" for t in self.plan.targets
-        ):
-            from edgepack.errors import DataError
-
-            raise DataError(
-                "int8 quantization needs calibration data from your model's domain (random inputs say nothing "
-                "about int8 accuracy).",
-                hint="Pass --data samples.npz (or a folder of .npy files or images), or choose another --precision.",
-            )
 
     def compress(self, batch: int | None) -> list[dict[str, Any]]:
         """Run the requested compression methods on the source (distill, prune, clip), before any conversion.
