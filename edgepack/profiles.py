@@ -58,6 +58,17 @@ class Step(str, enum.Enum):
 
 STEP_ORDER = list(Step)
 
+# The options each step reads from ``[step_options.STEP]``; anything else is a typo and refused.
+STEP_OPTIONS: dict[str, tuple[str, ...]] = {
+    Step.COMPRESS.value: ("distill", "prune", "clip"),
+    Step.CONVERT.value: ("select_tf_ops", "compress_to_fp16"),
+    Step.SIMPLIFY.value: ("tool",),
+    Step.QUANTIZE.value: ("num_bins", "num_quantized_bins", "percentile"),
+    Step.VALIDATE.value: (),
+    Step.DEVICE_CHECK.value: (),
+    Step.BUNDLE.value: (),
+}
+
 # Runtime -> model format it runs.
 RUNTIME_FORMAT = {
     Runtime.LITERT: ModelFormat.TFLITE,
@@ -212,10 +223,13 @@ class Profile(_Strict):
     @field_validator("step_options")
     @classmethod
     def _options_name_steps(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        known = {s.value for s in Step}
-        for key in options:
-            if key not in known:
-                raise ValueError(f"unknown step {key!r} (known: {', '.join(sorted(known))})")
+        for step, values in options.items():
+            if step not in STEP_OPTIONS:
+                raise ValueError(f"unknown step {step!r} (known: {', '.join(sorted(STEP_OPTIONS))})")
+            unknown = sorted(set(values) - set(STEP_OPTIONS[step]))
+            if unknown:
+                known = ", ".join(STEP_OPTIONS[step]) or "none"
+                raise ValueError(f"unknown option(s) {', '.join(unknown)} for step {step!r} (known: {known})")
         return options
 
     @model_validator(mode="after")

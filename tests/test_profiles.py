@@ -96,3 +96,9 @@ def test_extends_cycle(tmp_path):
     _write(tmp_path, 'extends = "a.toml"\nname = "b"\n', "b.toml")
     with pytest.raises(ProfileError, match="cycle"):
         load_profile(tmp_path / "a.toml")
+
+
+def test_unknown_step_option_is_refused(tmp_path):
+    path = _write(tmp_path, 'extends = "rpi4-arm64"\nname = "x"\n[step_options.simplify]\ntol = "onnxsim"\n')
+    with pytest.raises(ProfileError, match="unknown option.*tol.*simplify"):
+        load_profile(path)
