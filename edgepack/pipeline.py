@@ -170,6 +170,7 @@ class _Run:
         self.data_description: dict[str, Any] | None = None
         self.compression: list[dict[str, Any]] = []
         self.original: Artifact | None = None
+        self._reference: Any = None
 
     def open(self) -> None:
         from edgepack.source import open_source
@@ -274,6 +275,15 @@ class _Run:
             progress=self.progress,
             seed=self.options.seed,
         )
+
+    def reference(self) -> Any:
+        """The source model's session, opened once per run and shared by every target's validation."""
+        from edgepack.runtimes import open_session
+
+        assert self.source is not None
+        if self._reference is None:
+            self._reference = open_session(self.source, threads=1)
+        return self._reference
 
     def _memo(self, key: tuple[Any, ...], make: Callable[[Path], tuple[Artifact, dict[str, Any]]]):
         if key not in self.cache:

@@ -116,7 +116,9 @@ def _validate(run: _Run, target: TargetPlan, artifact: Artifact) -> dict[str, An
 
     assert run.source is not None
     run.progress(f"{target.profile.name}: validating {artifact.format.value} against the source")
-    report = validate(run.source, artifact, run.samples, target.profile.accuracy, seed=run.options.seed)
+    report = validate(
+        run.source, artifact, run.samples, target.profile.accuracy, seed=run.options.seed, reference=run.reference()
+    )
     report.raise_if_failed()
     return report.to_dict()
 

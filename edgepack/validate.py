@@ -272,6 +272,7 @@ def validate(
     seed: int = 0,
     count: int = 8,
     precision: str = "f32",
+    reference: Any = None,
 ) -> ValidationReport:
     """Run ``source`` and ``artifact`` in their own runtimes on the same inputs and compare.
 
@@ -285,6 +286,7 @@ def validate(
         seed: Seed of the random samples.
         count: Number of random samples.
         precision: Inference precision hint for the artifact's runtime (OpenVINO).
+        reference: An open session of ``source`` to reuse (one run validates many targets against it).
 
     Returns:
         The report; call ``raise_if_failed()`` to turn a failure into AccuracyError.
@@ -295,7 +297,7 @@ def validate(
     """
     from edgepack.runtimes import open_session
 
-    reference = open_session(source, threads=1)
+    reference = reference or open_session(source, threads=1)
     candidate = open_session(artifact, threads=1, precision=precision)
     perms = _input_permutations(reference.inputs, candidate.inputs)
     if samples is None:
