@@ -9,7 +9,6 @@ highest tf2onnx knows (18 for tf2onnx 1.17).
 from __future__ import annotations
 
 import re
-
 import time
 from collections.abc import Callable
 from pathlib import Path
