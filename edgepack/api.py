@@ -190,17 +190,17 @@ def check(
 
     from edgepack.devicecheck import check_bundle
     from edgepack.emulator import parse_runner
-    from edgepack.integrity import verify_bundle
+    from edgepack.integrity import archive_root, verify_bundle
 
     bundle = Path(bundle)
-    verify_bundle(bundle)  # never run a bundle that does not match its manifest
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
         folder = bundle
         if bundle.is_file():
             from edgepack.archive import safe_extract
 
             safe_extract(bundle, Path(tmp) / "x")
-            folder = next(p for p in (Path(tmp) / "x").iterdir() if p.is_dir())
+            folder = archive_root(Path(tmp) / "x")
+        verify_bundle(folder)  # never run a bundle that does not match its manifest
         manifest = json.loads((folder / "manifest.json").read_text())
         profile = _bundle_profile(manifest, target)
         samples = None

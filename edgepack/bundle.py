@@ -8,8 +8,7 @@ renamed into place only when complete (see :mod:`edgepack.atomic`); the
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,19 +30,6 @@ _REQUIREMENTS: dict[Runtime, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """A finished bundle on disk."""
-
-    target: str
-    path: Path
-    archive: Path
-    manifest: Mapping[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "path": str(self.path), "archive": str(self.archive)}
-
-
 def requirements(profile: Profile) -> list[str]:
     """The device's pip requirements for the profile's runtime."""
     lines = [line.format(version=profile.runtime_version) for line in _REQUIREMENTS[profile.runtime]]
@@ -53,8 +39,12 @@ def requirements(profile: Profile) -> list[str]:
     return lines
 
 
-def build_engine_script(profile: Profile, model_file: str, *, int8_qdq: bool = False) -> str:
-    """A ``build_engine.sh`` that runs trtexec on the device with flags for the profile's precision."""
+def build_engine_script(profile: Profile, model_file: str, *, qdq_flags: Sequence[str] = ()) -> str:
+    """A ``build_engine.sh`` that runs trtexec on the device with flags for the profile's precision.
+
+    ``qdq_flags`` are the flags an explicitly quantized (Q/DQ) model needs, as its quantizer recorded them
+    (``meta["tensorrt_flags"]``, see :func:`edgepack.quantize.onnx_qdq.tensorrt_flags`).
+    """
     if profile.tensorrt is None:
         raise ProfileError(f"profile {profile.name} has no [tensorrt] table; it cannot build a TensorRT engine.")
     flags = [
@@ -62,10 +52,8 @@ def build_engine_script(profile: Profile, model_file: str, *, int8_qdq: bool = F
         "--saveEngine=model.engine",
         f"--memPoolSize=workspace:{profile.tensorrt.workspace_mib}M",
     ]
-    if int8_qdq:
-        # Explicit Q/DQ: TensorRT 10 takes the scales from the graph; no calibration cache.
-        major = int(profile.tensorrt.tensorrt_version.split(".")[0])
-        flags += ["--stronglyTyped"] if major >= 10 else ["--int8", "--fp16"]
+    if qdq_flags:  # explicit Q/DQ: TensorRT takes the scales from the graph; no calibration cache
+        flags += list(qdq_flags)
     elif profile.precision.value == "fp16":
         flags.append("--fp16")
     return "\n".join(

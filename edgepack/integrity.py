@@ -367,7 +367,7 @@ def _verify_folder(root: Path, shown: Path, public_key: Path | None, *, archive:
     return VerifyReport(str(shown), archive, matched, size, seal, signature, key_fp, tuple(sorted(unsealed)))
 
 
-def _archive_root(folder: Path) -> Path:
+def archive_root(folder: Path) -> Path:
     """The bundle folder inside an extracted archive: the top, or its single top-level folder."""
     if (folder / MANIFEST).exists():
         return folder
@@ -413,4 +413,4 @@ def verify_bundle(bundle: Path, *, public_key: Path | None = None) -> VerifyRepo
     with tempfile.TemporaryDirectory(prefix="edgepack-verify-") as tmp:
         folder = Path(tmp, "bundle")
         safe_extract(bundle, folder)
-        return _verify_folder(_archive_root(folder), bundle, public_key, archive=True)
+        return _verify_folder(archive_root(folder), bundle, public_key, archive=True)

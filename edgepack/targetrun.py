@@ -136,8 +136,8 @@ def write_bundle(
     profile = target.profile
     extra: dict[str, str] = {}
     if profile.runtime is Runtime.TENSORRT:
-        int8_qdq = bool(artifact.meta.get("tensorrt_flags"))
-        extra["build_engine.sh"] = build_engine_script(profile, Path(artifact.path).name, int8_qdq=int8_qdq)
+        flags = artifact.meta.get("tensorrt_flags", ())
+        extra["build_engine.sh"] = build_engine_script(profile, Path(artifact.path).name, qdq_flags=flags)
     target.out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = target.out_dir.parent / f"{profile.name}.tar.gz"
     if archive.exists() and not run.options.force:

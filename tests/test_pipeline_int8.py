@@ -23,7 +23,14 @@ def int8(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("int8")
     targets = ["android-arm64", "rpi4-arm64", "rpi4-arm64-onnxruntime", "intel-openvino-cpu", "jetson-orin-trt"]
     result = edgepack.package(DIGITS, targets=targets, out=out, data=DATA, precision="int8", device_check=False)
-    return {t.target: {"manifest": t.manifest, "bundle": t.bundle} for t in result.targets}
+    return {t.target: {"manifest": t.manifest, "bundle": t.bundle, "archive": t.archive} for t in result.targets}
+
+
+def test_int8_archives_are_byte_identical_across_runs(int8, tmp_path):
+    again = edgepack.package(DIGITS, targets=list(int8), out=tmp_path, data=DATA, precision="int8", device_check=False)
+    for target in again.targets:
+        first = int8[target.target]["archive"].read_bytes()
+        assert hashlib.sha256(first).digest() == hashlib.sha256(target.archive.read_bytes()).digest(), target.target
 
 
 def test_every_backend_passes_the_gate_with_labels(int8):

@@ -134,7 +134,7 @@ def test_jetson_qdq_is_symmetric_int8_on_tensorrt_ops_only(digits, jetson_int8):
     assert accuracy(jetson_int8, data) >= 0.99 * accuracy(artifact, data)
     meta = jetson_int8.meta
     assert meta["tensorrt_flags"] == ["--stronglyTyped"] and meta["symmetric_activations"]
-    script = build_engine_script(profile, "model.onnx", int8_qdq=True)
+    script = build_engine_script(profile, "model.onnx", qdq_flags=meta["tensorrt_flags"])
     assert all(flag in script for flag in meta["tensorrt_flags"])
 
 

@@ -49,6 +49,23 @@ def canonical_friendly_names(model: Any, keep: set[str]) -> None:
             op.set_friendly_name(f"{name.rsplit('_', 1)[0]}_{index}")
 
 
+def save_ir(model: Any, xml: Path, *, compress_to_fp16: bool, keep: set[str]) -> None:
+    """Save an OpenVINO model as ``xml`` + ``.bin`` that depend only on the graph (reproducible bundles).
+
+    ``save_model``'s constant folding names new nodes from a process-wide counter, so the names are made
+    canonical on the saved graph (:func:`canonical_friendly_names`, leaving ``keep`` alone) and it is saved
+    again - to other files: the draft's ``.bin`` is memory-mapped while it is read.
+    """
+    ov = require("openvino")
+    draft = xml.parent / "draft" / xml.name
+    ov.save_model(model, str(draft), compress_to_fp16=compress_to_fp16)
+    saved = ov.Core().read_model(str(draft))
+    canonical_friendly_names(saved, keep)
+    ov.save_model(saved, str(xml), compress_to_fp16=False)
+    del saved
+    shutil.rmtree(draft.parent, ignore_errors=True)
+
+
 def source_names(path: Path) -> set[str]:
     """Node and tensor names of an ONNX source (empty for other formats)."""
     if path.suffix != ".onnx":
@@ -76,15 +93,7 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
 
     def build() -> None:
         model = ov.convert_model(str(src.path), input=shapes)
-        draft = workdir / "draft" / "model.xml"
-        ov.save_model(model, str(draft), compress_to_fp16=options.compress_to_fp16)
-        # save_model's constant folding names new nodes too: rename on the saved graph, then save it again
-        # (to other files: the draft's .bin is memory-mapped while it is read).
-        saved = ov.Core().read_model(str(draft))
-        canonical_friendly_names(saved, source_names(Path(src.path)))
-        ov.save_model(saved, str(xml), compress_to_fp16=False)
-        del saved
-        shutil.rmtree(draft.parent, ignore_errors=True)
+        save_ir(model, xml, compress_to_fp16=options.compress_to_fp16, keep=source_names(Path(src.path)))
 
     run_tool(
         build,

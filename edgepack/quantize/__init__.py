@@ -246,7 +246,8 @@ def quantize_for_target(
     latency = speed.compare_latency(
         float_artifact, final.artifact, reference.feeds[0], reference.inputs, mode=options.mode, profile=profile
     )
-    warnings += speed.check_speed(latency, mode=options.mode, must_be_faster=profile.quantize.must_be_faster)
+    # Its figures are measurements: the warning travels with the latency (report/, not the sealed manifest).
+    latency["warnings"] = speed.check_speed(latency, mode=options.mode, must_be_faster=profile.quantize.must_be_faster)
     section = _section(options, profile, calib, heldout, seed, float_artifact, final, attempts, layers)
     section["latency"] = latency
     section["warnings"] = warnings

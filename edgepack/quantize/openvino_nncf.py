@@ -21,6 +21,7 @@ import numpy as np
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.calibration.adapters import nncf_dataset
 from edgepack.convert._common import fresh_dir, run_tool, tool_meta
+from edgepack.convert.onnx_openvino import save_ir
 from edgepack.deps import require
 from edgepack.errors import UsageError
 
@@ -79,6 +80,7 @@ def quantize(
     ov = require("openvino")
     nncf = require("nncf")
     model = ov.Core().read_model(str(float_artifact.path))
+    keep = {op.get_friendly_name() for op in model.get_ordered_ops()}  # the float IR's names (IgnoredScope)
     _check_exclude(model, options.exclude)
     advanced, warnings = _advanced(nncf, options)
     preset = nncf.QuantizationPreset.PERFORMANCE if options.symmetric_activations else nncf.QuantizationPreset.MIXED
@@ -98,7 +100,7 @@ def quantize(
     workdir = fresh_dir(workdir)
     xml = workdir / "model.xml"
     run_tool(
-        lambda: ov.save_model(quantized, str(xml), compress_to_fp16=False),
+        lambda: save_ir(quantized, xml, compress_to_fp16=False, keep=keep),
         failure="OpenVINO could not save the quantized model",
         hint="Check the free disk space of the work folder.",
     )
