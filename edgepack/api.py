@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgepack.errors import EdgepackError, UsageError
-from edgepack.pipeline import Options, PackageResult, Plan, make_plan, run_plan
+from edgepack.errors import UsageError
+from edgepack.pipeline import run_plan
+from edgepack.plan import Options, PackageResult, Plan, make_plan
 from edgepack.profiles import Profile, builtin_names, load_all, load_profile
+
+if TYPE_CHECKING:  # the result types live beside their (heavier) producers, imported when called
+    from edgepack.devicecheck import CheckResult
+    from edgepack.emulator.qemu import EmuEnv
+    from edgepack.inspection import InspectReport
+    from edgepack.integrity import VerifyReport
+    from edgepack.source import ShapeValue
 
 TargetLike = str | Path | Profile
 
@@ -25,7 +33,13 @@ def resolve_targets(names: Sequence[TargetLike]) -> list[Profile]:
     if not names:
         raise UsageError("no target given.", hint=f"Use --target NAME (one of: {', '.join(builtin_names())}) or all.")
     profiles: list[Profile] = []
-    for name in names:
+    expanded: list[TargetLike] = []
+    for name in names:  # --target a,b and repeated --target flags alike (an existing path is taken whole)
+        if isinstance(name, str) and "," in name and not Path(name).exists():
+            expanded.extend(part.strip() for part in name.split(",") if part.strip())
+        else:
+            expanded.append(name)
+    for name in expanded:
         if isinstance(name, Profile):
             profiles.append(name)
         elif str(name) == "all":
@@ -79,13 +93,19 @@ def with_quantize(profiles: Sequence[Profile], settings: Mapping[str, Any] | Non
     return out
 
 
-def _shapes(input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+def _shapes(input_shapes: Mapping[str, Sequence[Any]] | Sequence[str] | None) -> dict[str, ShapeValue]:
     from edgepack.source import parse_input_shapes
 
     if input_shapes is None:
         return {}
-    if isinstance(input_shapes, Mapping):
-        return {k: tuple(int(d) for d in v) for k, v in input_shapes.items()}
+    if isinstance(input_shapes, Mapping):  # sizes, with (min, opt, max) for a dim that stays dynamic
+        from edgepack.shapes import InputShape
+
+        shapes: dict[str, ShapeValue] = {}
+        for name, value in input_shapes.items():
+            shape = InputShape.from_value(name, value)
+            shapes[name] = shape if shape.is_dynamic else shape.opt()
+        return shapes
     return parse_input_shapes(list(input_shapes))
 
 
@@ -115,13 +135,16 @@ def package(
     eval_data: str | Path | None = None,
     preprocess: Mapping[str, Any] | None = None,
     timestamp: bool = False,
+    debug: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> PackageResult:
     """Convert, validate and bundle ``model`` for each target into ``out/<target>/``.
 
-    Every target is attempted. If any failed, the first failure's error class
-    is raised with every target's failure in its message; ``error.result``
-    holds the :class:`PackageResult` (the bundles that did succeed are written).
+    Every target is attempted, each on its own: one target's failure leaves the others as they would
+    be without it. If any failed, an error of the first failure's class is raised with every target's
+    failure in its message; ``error.result`` holds the :class:`PackageResult` (the bundles that did
+    succeed are written) and ``error.__cause__`` the first failure itself. ``debug`` lets an unexpected
+    exception (a bug) propagate with its traceback instead of being reported as an internal error.
     """
     options = Options(
         input_shapes=_shapes(input_shapes),
@@ -136,35 +159,33 @@ def package(
         eval_data=Path(eval_data) if eval_data is not None else None,
         preprocess=dict(preprocess or {}),
         timestamp=timestamp,
+        debug=debug,
     )
     profiles = with_quantize(with_precision(resolve_targets(targets), precision), quantize)
     result = run_plan(plan(model, targets=profiles, out=out), options, progress=progress)
-    failed = [t for t in result.targets if t.error]
+    failed = result.failures
     if failed:
-        first = _error_class(failed[0].exit_code)
-        message = "; ".join(t.error or "" for t in failed)
+        first = failed[0].failure
+        assert first is not None
+        message = "; ".join(f"{t.target}: {t.error}" for t in failed)
         if len(result.targets) > 1:
             message = f"{len(failed)} of {len(result.targets)} targets failed: {message}"
-        error = first(message)
-        error.result = result  # type: ignore[attr-defined]
-        raise error
+        error = type(first)(message)
+        error.result = result
+        raise error from first
     return result
 
 
-def _error_class(exit_code: int) -> type[EdgepackError]:
-    from edgepack.errors import ALL_ERRORS
-
-    return next((cls for cls in ALL_ERRORS if cls.exit_code == exit_code), EdgepackError)
-
-
-def inspect(model: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None) -> Any:
+def inspect(
+    model: str | Path, *, input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None
+) -> InspectReport:
     """Inputs, outputs, operators, parameters, MACs and per-target compatibility of a model."""
     from edgepack.inspection import inspect_model
 
     return inspect_model(Path(model), input_shapes=_shapes(input_shapes) or None)
 
 
-def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> Any:
+def verify(bundle: str | Path, *, public_key: str | Path | None = None) -> VerifyReport:
     """Check a bundle folder or archive against its manifest (and signature, with a key)."""
     from edgepack.integrity import verify_bundle
 
@@ -179,7 +200,7 @@ def check(
     data: str | Path | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
-) -> Any:
+) -> CheckResult:
     """Run a bundle's own run.py on its device (emulated by default) and compare with the host.
 
     ``runner``: ``qemu`` (default for ARM targets), ``native``, ``docker`` or ``ssh://user@host``.
@@ -208,7 +229,7 @@ def check(
             from edgepack.calibration import load_dataset
             from edgepack.devicecheck import manifest_specs
 
-            samples = load_dataset(data, manifest_specs(manifest)).take(1).as_lists()
+            samples = load_dataset(data, manifest_specs(manifest)).take(32).as_lists()  # every sample, checked at once
         kind, options = parse_runner(runner)
         return check_bundle(
             folder, profile, samples=samples, seed=seed, runner=kind, runner_options=options, progress=progress
@@ -229,7 +250,7 @@ def _bundle_profile(manifest: Mapping[str, Any], target: TargetLike | None) -> P
         ) from exc
 
 
-def emulator_setup(target: TargetLike, *, progress: Callable[[str], None] | None = None) -> Any:
+def emulator_setup(target: TargetLike, *, progress: Callable[[str], None] | None = None) -> EmuEnv:
     """Build (or find in the cache) the emulated environment of a target."""
     from edgepack.emulator import qemu
 

@@ -296,17 +296,17 @@ def _extract_all(archive: Path, ex: _Extractor) -> None:
                             ex.write(rel, member, stream)
         return
     with tarfile.open(archive, "r:*") as tar:
-        for member, info in _tar_members(tar):
+        for member, tar_info in _tar_members(tar):
             rel = ex.admit(member)
             if rel is not None and not ex.problems:
                 if member.kind == "dir":
                     (ex.root / rel).mkdir(parents=True, exist_ok=True)
                 else:
-                    stream = tar.extractfile(info)
-                    if stream is None:
+                    data = tar.extractfile(tar_info)
+                    if data is None:
                         raise VerificationError(f"{archive}: member {member.name} has no data.")
-                    with stream:
-                        ex.write(rel, member, stream)
+                    with data:
+                        ex.write(rel, member, data)
 
 
 def safe_extract(

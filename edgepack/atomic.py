@@ -2,7 +2,8 @@
 
 :func:`staged_output` builds a folder in a staging directory beside the
 destination (same filesystem, so the final rename is atomic), holds an
-exclusive lock on ``.{name}.lock`` beside it while doing so, and on success
+exclusive lock on the destination's lock file (in the machine's temporary folder, keyed by the
+destination's absolute path, so OUT never holds one) while doing so, and on success
 renames the staging folder into place. When ``force`` replaces an existing
 destination, the old one is first renamed to ``.{name}.trash-XXXX``, the new
 one renamed in, then the old one deleted, so at every instant the destination
@@ -16,7 +17,7 @@ signal is held back and raised just after. A run killed with SIGKILL leaves
 on the same destination, or :func:`cleanup_stale`, removes them (and puts an
 orphaned old bundle back if the kill fell between the two renames).
 
-The lock file ``.{name}.lock`` is left in place on purpose: deleting a lock
+The lock file is left in place on purpose: deleting a lock
 file that another process may have just opened would let two runs in at once.
 """
 
@@ -107,7 +108,15 @@ def _interruption(signum: int) -> KeyboardInterrupt:
 
 
 def _lock_path(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.lock"
+    """The lock file of ``dest``: outside the output folder (which then holds nothing but bundles), one per
+    destination path and user, in the machine's temporary folder that every run on this machine shares."""
+    import hashlib
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / f"edgepack-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:32]
+    return folder / f"{digest}.lock"
 
 
 def _try_lock(dest: Path) -> IO[bytes] | None:

@@ -13,10 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edgepack import __version__
 from edgepack.artifact import Artifact
 from edgepack.errors import ProfileError
 from edgepack.profiles import Profile, Runtime
+from edgepack.version import __version__
 
 BUNDLE_FORMAT = 1
 
@@ -39,11 +39,14 @@ def requirements(profile: Profile) -> list[str]:
     return lines
 
 
-def build_engine_script(profile: Profile, model_file: str, *, qdq_flags: Sequence[str] = ()) -> str:
+def build_engine_script(
+    profile: Profile, model_file: str, *, qdq_flags: Sequence[str] = (), shape_flags: Sequence[str] = ()
+) -> str:
     """A ``build_engine.sh`` that runs trtexec on the device with flags for the profile's precision.
 
-    ``qdq_flags`` are the flags an explicitly quantized (Q/DQ) model needs, as its quantizer recorded them
-    (``meta["tensorrt_flags"]``, see :func:`edgepack.quantize.onnx_qdq.tensorrt_flags`).
+    ``shape_flags`` are trtexec's shape-range flags (:func:`edgepack.shapes.trtexec_flags`, shell-quoted) for
+    inputs that stay dynamic. ``qdq_flags`` are the flags an explicitly quantized (Q/DQ) model needs, as its
+    quantizer recorded them (``meta["tensorrt_flags"]``, see :func:`edgepack.quantize.onnx_qdq.tensorrt_flags`).
     """
     if profile.tensorrt is None:
         raise ProfileError(f"profile {profile.name} has no [tensorrt] table; it cannot build a TensorRT engine.")
@@ -52,6 +55,7 @@ def build_engine_script(profile: Profile, model_file: str, *, qdq_flags: Sequenc
         "--saveEngine=model.engine",
         f"--memPoolSize=workspace:{profile.tensorrt.workspace_mib}M",
     ]
+    flags += list(shape_flags)  # --minShapes/--optShapes/--maxShapes: one optimisation profile for dynamic dims
     if qdq_flags:  # explicit Q/DQ: TensorRT takes the scales from the graph; no calibration cache
         flags += list(qdq_flags)
     elif profile.precision.value == "fp16":
@@ -87,6 +91,7 @@ def stage_files(staging: Path, *, profile: Profile, artifact: Artifact, extra_fi
 
 def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> dict[str, Any]:
     """The manifest's fixed part; steps, validation and checks are added by the pipeline."""
+    named: dict[str, str] = dict(artifact.meta.get("source_names") or {})  # the converter's pairing of names
     return {
         "bundle_format": BUNDLE_FORMAT,
         "edgepack_version": __version__,
@@ -107,8 +112,12 @@ def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> 
             "delegate": profile.delegate,
         },
         # Names are the model file's own tensor names; source_name is the source model's (matched by position).
-        "inputs": [{**i.to_dict(), "source_name": s.name} for i, s in zip(artifact.inputs, source.inputs)],
-        "outputs": [{**o.to_dict(), "source_name": s.name} for o, s in zip(artifact.outputs, source.outputs)],
+        "inputs": [
+            {**i.to_dict(), "source_name": named.get(i.name, s.name)} for i, s in zip(artifact.inputs, source.inputs)
+        ],
+        "outputs": [
+            {**o.to_dict(), "source_name": named.get(o.name, s.name)} for o, s in zip(artifact.outputs, source.outputs)
+        ],
         "input_shape_origin": dict(source.meta.get("shape_origin", {})),
         "requirements": requirements(profile),
     }

@@ -69,8 +69,8 @@ def _number(value: Any) -> float | None:
 
 def _layers(fig: Any, data: Mapping[str, Any]) -> bool:
     """Horizontal bars of SQNR per layer, worst on top; layers kept in float in another colour."""
-    rows = [(r, _number(r.get("sqnr_db"))) for r in data.get("layers") or []]
-    rows = [(r, v) for r, v in rows if v is not None]
+    scored = [(r, _number(r.get("sqnr_db"))) for r in data.get("layers") or []]
+    rows = [(r, v) for r, v in scored if v is not None]
     if not rows:
         return False
     rows.sort(key=lambda rv: rv[1])

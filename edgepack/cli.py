@@ -17,28 +17,15 @@ import typer
 
 from edgepack.cli_compress import compress_app
 from edgepack.cli_options import (
-    DataOpt,
-    DropOpt,
-    DryOpt,
-    EvalOpt,
-    ForceOpt,
     JsonOpt,
-    MethodOpt,
     ModelArg,
-    NoCheckOpt,
-    OutOpt,
-    PerTensorOpt,
-    PrecisionOpt,
-    PreOpt,
-    SamplesOpt,
+    PackageFlags,
     ShapeOpt,
-    SignOpt,
-    StampOpt,
-    SymOpt,
-    TrustOpt,
     err,
     out,
+    with_common,
 )
+from edgepack.cli_summary import print_plan, print_result
 from edgepack.cli_tools import check, emulator_app, keygen, verify
 from edgepack.errors import EdgepackError, InternalError
 
@@ -59,65 +46,74 @@ for _command in (verify, keygen, check):
 
 def _print_version(value: bool) -> None:
     if value:
-        from edgepack import __version__
+        from edgepack.version import __version__
 
         out.print(f"edgepack {__version__}")
         raise typer.Exit()
 
 
+_DEBUG: list[bool] = [False]  # set by main() from --debug, wherever it stands on the command line
+
+
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and tools' full messages (anywhere on the line).")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
     ] = False,
 ) -> None:
-    if debug:
-        os.environ["EDGEPACK_DEBUG"] = "1"
+    _DEBUG[0] = _DEBUG[0] or debug
 
 
-def _run_package(model: Path, targets: list[Any], opts: dict[str, Any], compress: dict[str, Any] | None = None) -> None:
+def _run_package(model: Path, targets: list[Any], opts: PackageFlags, compress: dict[str, Any] | None = None) -> None:
     """Plan (``--dry-run``) or run ``edgepack.package`` with the shared flags of every packaging command."""
     from edgepack import api
 
-    if opts["dry_run"]:
-        plan = api.plan(model, targets=targets, out=opts["out_dir"], precision=opts["precision"])
-        out.print_json(json.dumps(plan.to_dict())) if opts["as_json"] else _print_plan(plan)
+    if opts.dry_run:
+        plan = api.plan(model, targets=targets, out=opts.out_dir, precision=opts.precision)
+        out.print_json(json.dumps(plan.to_dict())) if opts.as_json else print_plan(plan)
         return
-    with err.status("starting", spinner="dots") as status:
+    from edgepack.cli_capture import frameworks_to_log
+
+    result, failure = None, None
+    with frameworks_to_log(enabled=not _DEBUG[0]) as captured, err.status("starting", spinner="dots") as status:
         try:
             result = api.package(
                 model,
                 targets=targets,
-                out=opts["out_dir"],
-                input_shapes=opts["input_shape"],
-                data=opts["data"],
-                force=opts["force"],
-                trust_code=opts["trust"],
-                device_check=not opts["no_check"],
-                sign_key=opts["sign"],
-                precision=opts["precision"],
-                allow_accuracy_drop=opts["allow_drop"],
+                out=opts.out_dir,
+                input_shapes=opts.input_shape,
+                data=opts.data,
+                force=opts.force,
+                trust_code=opts.trust,
+                device_check=not opts.no_check,
+                sign_key=opts.sign,
+                precision=opts.precision,
+                allow_accuracy_drop=opts.allow_drop,
                 compress=compress,
                 quantize=_quantize_flags(opts),
-                eval_data=opts["eval_data"],
-                preprocess=_key_values(opts["preprocess"]),
-                timestamp=opts["timestamp"],
+                eval_data=opts.eval_data,
+                preprocess=_key_values(opts.preprocess),
+                timestamp=opts.timestamp,
+                debug=_DEBUG[0],
                 progress=status.update,
             )
         except EdgepackError as exc:
-            partial = getattr(exc, "result", None)
-            if partial is not None:
-                _print_result(partial, opts["as_json"])
-            raise
-    _print_result(result, opts["as_json"])
+            failure, result = exc, exc.result
+    if result is not None:
+        captured.write_into([t.bundle for t in result.targets if t.bundle is not None])
+        print_result(result, opts.as_json)
+    if failure is not None:
+        raise failure
 
 
-def _quantize_flags(opts: dict[str, Any]) -> dict[str, Any]:
-    flags = {"method": opts["calibration_method"], "samples": opts["calibration_samples"]}
-    if opts["per_tensor"]:
+def _quantize_flags(opts: PackageFlags) -> dict[str, Any]:
+    flags = {"method": opts.calibration_method, "samples": opts.calibration_samples}
+    if opts.per_tensor:
         flags["per_channel"] = False
-    if opts["symmetric_activations"]:
+    if opts.symmetric_activations:
         flags["symmetric_activations"] = True
     return {k: v for k, v in flags.items() if v is not None}
 
@@ -132,37 +128,6 @@ def _key_values(values: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--preprocess {value!r} is not KEY=VALUE.", hint="For example --preprocess size=224x224.")
         pairs[key.strip()] = rest.strip()
     return pairs
-
-
-def _print_plan(plan: Any) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"plan for {plan.model} ({plan.source_format.value}); ONNX opset {plan.onnx_opset}")
-    for column in ("target", "route", "steps", "out", "notes"):
-        table.add_column(column)
-    for t in plan.targets:
-        route = " -> ".join([plan.source_format.value, *(f.value for f in t.route)])
-        table.add_row(t.profile.name, route, ", ".join(t.steps), str(t.out_dir), "; ".join(t.notes))
-    out.print(table)
-
-
-def _print_result(result: Any, as_json: bool) -> None:
-    if as_json:
-        out.print_json(json.dumps(result.to_dict()))
-        return
-    from rich.table import Table
-
-    table = Table(title="edgepack bundles")
-    for column in ("target", "status", "bundle", "validation"):
-        table.add_column(column)
-    for t in result.targets:
-        if t.error:
-            table.add_row(t.target, "[red]failed[/red]", "-", t.error)
-            continue
-        outputs = (t.manifest or {}).get("validation", {}).get("outputs", [])
-        summary = ", ".join(f"{o['name']}: max|err| {o['max_abs_error']:.2e}" for o in outputs)
-        table.add_row(t.target, "[green]ok[/green]", str(t.archive), summary)
-    out.print(table)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -211,58 +176,8 @@ def inspect(model: ModelArg, input_shape: ShapeOpt = None, as_json: JsonOpt = Fa
         out.print(render(report))
 
 
-def _common(
-    out_dir: OutOpt = Path("out"),
-    input_shape: ShapeOpt = None,
-    data: DataOpt = None,
-    precision: PrecisionOpt = None,
-    allow_drop: DropOpt = False,
-    eval_data: EvalOpt = None,
-    preprocess: PreOpt = None,
-    calibration_method: MethodOpt = None,
-    calibration_samples: SamplesOpt = None,
-    per_tensor: PerTensorOpt = False,
-    symmetric_activations: SymOpt = False,
-    timestamp: StampOpt = False,
-    force: ForceOpt = False,
-    dry_run: DryOpt = False,
-    as_json: JsonOpt = False,
-    trust: TrustOpt = False,
-    no_check: NoCheckOpt = False,
-    sign: SignOpt = None,
-) -> dict[str, Any]:
-    """The flags every packaging command shares (its signature is copied onto each command)."""
-    return dict(locals())
-
-
-def _with_common(command: Any) -> Any:
-    """Give ``command`` the shared flags of :func:`_common` after its own parameters; it receives them as ``opts``."""
-    import functools
-    import inspect as pyinspect
-    import typing
-
-    def params(func: Any) -> list[pyinspect.Parameter]:
-        hints = typing.get_type_hints(func, include_extras=True)  # this module uses string annotations
-        return [
-            p.replace(annotation=hints[p.name])
-            for p in pyinspect.signature(func).parameters.values()
-            if p.name != "opts"
-        ]
-
-    own, shared = params(command), params(_common)
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        opts = _common(**{p.name: kwargs.pop(p.name) for p in shared})
-        return command(**kwargs, opts=opts)
-
-    wrapper.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *shared)}
-    return wrapper
-
-
 @app.command()
-@_with_common
+@with_common
 def package(
     model: ModelArg,
     target: Annotated[list[str], typer.Option("--target", "-t", help="Target name, profile .toml, or 'all'.")],
@@ -272,7 +187,7 @@ def package(
     distill_student: Annotated[
         str | None, typer.Option("--distill-student", help="Distill into a student first: width=0.5 or a .keras file.")
     ] = None,
-    opts: dict[str, Any] | None = None,
+    opts: PackageFlags | None = None,
 ) -> None:
     """Package MODEL for one or more targets (optionally compressed first)."""
     compress: dict[str, Any] = {}
@@ -282,18 +197,18 @@ def package(
         compress["prune"] = {"sparsity": prune, "structured": structured}
     if clip is not None:
         compress["clip"] = {"sparsity": clip}
-    _run_package(model, target, opts or {}, compress)
+    _run_package(model, target, opts or PackageFlags(), compress)
 
 
 @app.command()
-@_with_common
+@with_common
 def android(
     model: ModelArg,
     gpu: Annotated[bool, typer.Option("--gpu", help="fp16 model for LiteRT's GPU delegate.")] = False,
-    opts: dict[str, Any] | None = None,
+    opts: PackageFlags | None = None,
 ) -> None:
     """Package MODEL for Android phones (LiteRT .tflite)."""
-    _run_package(model, ["android-arm64-gpu" if gpu else "android-arm64"], opts or {})
+    _run_package(model, ["android-arm64-gpu" if gpu else "android-arm64"], opts or PackageFlags())
 
 
 _RPI = {
@@ -306,12 +221,12 @@ _RPI = {
 
 
 @app.command()
-@_with_common
+@with_common
 def rpi(
     model: ModelArg,
     board: Annotated[str, typer.Option("--board", help="pi4, pi5 (64-bit OS) or armv7 (32-bit OS).")] = "pi4",
     runtime: Annotated[str, typer.Option("--runtime", help="litert or onnxruntime (64-bit only).")] = "litert",
-    opts: dict[str, Any] | None = None,
+    opts: PackageFlags | None = None,
 ) -> None:
     """Package MODEL for a Raspberry Pi."""
     from edgepack.errors import UsageError
@@ -322,28 +237,38 @@ def rpi(
             f"no Raspberry Pi profile for --board {board} --runtime {runtime}.",
             hint="Boards: pi4, pi5, armv7; ONNX Runtime has no 32-bit ARM build (use litert on armv7).",
         )
-    _run_package(model, [name], opts or {})
+    _run_package(model, [name], opts or PackageFlags())
 
 
 @app.command()
-@_with_common
-def openvino(model: ModelArg, opts: dict[str, Any] | None = None) -> None:
+@with_common
+def openvino(model: ModelArg, opts: PackageFlags | None = None) -> None:
     """Package MODEL for Intel CPUs with OpenVINO (IR .xml + .bin)."""
-    _run_package(model, ["intel-openvino-cpu"], opts or {})
+    _run_package(model, ["intel-openvino-cpu"], opts or PackageFlags())
 
 
 @app.command()
-@_with_common
+@with_common
 def jetson(
     model: ModelArg,
     jetpack: Annotated[str | None, typer.Option("--jetpack", help="JetPack version on the device, e.g. 6.1.")] = None,
-    opts: dict[str, Any] | None = None,
+    opts: PackageFlags | None = None,
 ) -> None:
     """Package MODEL for NVIDIA Jetson (ONNX + build_engine.sh for TensorRT; fp16 engine unless --precision)."""
     from edgepack.profiles import load_profile
 
+    base = load_profile("jetson-orin-trt")
+    assert base.tensorrt is not None
+    known = sorted(base.tensorrt.jetpack_tensorrt)
+    if jetpack is not None and jetpack not in known:
+        from edgepack.errors import UsageError
+
+        raise UsageError(
+            f"--jetpack {jetpack} is not a JetPack edgepack knows.",
+            hint="Use one of: " + ", ".join(f"{k} (TensorRT {base.tensorrt.jetpack_tensorrt[k]})" for k in known) + ".",
+        )
     overrides = {"tensorrt": {"jetpack": jetpack}} if jetpack else {}
-    _run_package(model, [load_profile("jetson-orin-trt", overrides=overrides)], opts or {})
+    _run_package(model, [load_profile("jetson-orin-trt", overrides=overrides)], opts or PackageFlags())
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -351,7 +276,11 @@ def jetson(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; edgepack errors become one line on stderr and their exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    if debug:  # accepted before or after the command; the exit code stays the error's own
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    _DEBUG[0] = debug
     # The CLI owns its process: keep TensorFlow's C++ logging and OpenVINO/NNCF telemetry quiet.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("NNCF_CI", "1")
@@ -361,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         # not ours to show (--debug keeps them).
         sys.unraisablehook = lambda _unraisable: None
     try:
-        app(args=argv, prog_name="edgepack")  # Typer/click print usage errors themselves (exit 2)
+        app(args=args, prog_name="edgepack")  # Typer/click print usage errors themselves (exit 2)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgepackError as exc:
         if _SIGNALLED:
             _exit_interrupted(_SIGNALLED[0] != signal.SIGINT)
         if debug:
-            raise
+            _print_traceback(exc)
         _print_error(exc)
         return exc.exit_code
     except KeyboardInterrupt as exc:
@@ -379,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if _SIGNALLED:
             _exit_interrupted(_SIGNALLED[0] != signal.SIGINT)
         if debug:
-            raise
+            _print_traceback(exc)
         internal = InternalError(f"internal error: {exc!r}.", hint="Rerun with --debug and report it.")
         _print_error(internal)
         return internal.exit_code
@@ -418,6 +347,14 @@ def _exit_interrupted(terminated: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(143 if terminated else 130)
+
+
+def _print_traceback(exc: BaseException) -> None:
+    """--debug: the whole chain of tracebacks (the tool's own exception and its full message included)."""
+    import traceback
+
+    sys.stderr.write("".join(traceback.format_exception(exc)))
+    sys.stderr.flush()
 
 
 def _print_error(exc: EdgepackError) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,3 +56,77 @@ StampOpt = Annotated[bool, typer.Option("--timestamp", help="Record the packagin
 DropOpt = Annotated[
     bool, typer.Option("--allow-accuracy-drop", help="Ship int8 even when it misses the accuracy budget (reported).")
 ]
+
+
+@dataclass(frozen=True)
+class PackageFlags:
+    """The shared flags of the packaging commands, as typed values (see :func:`common_flags`)."""
+
+    out_dir: Path = Path("out")
+    input_shape: list[str] | None = None
+    data: Path | None = None
+    precision: str | None = None
+    allow_drop: bool = False
+    eval_data: Path | None = None
+    preprocess: list[str] | None = None
+    calibration_method: str | None = None
+    calibration_samples: int | None = None
+    per_tensor: bool = False
+    symmetric_activations: bool = False
+    timestamp: bool = False
+    force: bool = False
+    dry_run: bool = False
+    as_json: bool = False
+    trust: bool = False
+    no_check: bool = False
+    sign: Path | None = None
+
+
+def common_flags(
+    out_dir: OutOpt = Path("out"),
+    input_shape: ShapeOpt = None,
+    data: DataOpt = None,
+    precision: PrecisionOpt = None,
+    allow_drop: DropOpt = False,
+    eval_data: EvalOpt = None,
+    preprocess: PreOpt = None,
+    calibration_method: MethodOpt = None,
+    calibration_samples: SamplesOpt = None,
+    per_tensor: PerTensorOpt = False,
+    symmetric_activations: SymOpt = False,
+    timestamp: StampOpt = False,
+    force: ForceOpt = False,
+    dry_run: DryOpt = False,
+    as_json: JsonOpt = False,
+    trust: TrustOpt = False,
+    no_check: NoCheckOpt = False,
+    sign: SignOpt = None,
+) -> PackageFlags:
+    """The flags every packaging command shares (its signature is copied onto each command)."""
+    return PackageFlags(**locals())
+
+
+def with_common(command: Any) -> Any:
+    """Give ``command`` the shared flags of :func:`common_flags` after its own parameters, as ``opts``."""
+    import functools
+    import inspect as pyinspect
+    import typing
+
+    def params(func: Any) -> list[pyinspect.Parameter]:
+        hints = typing.get_type_hints(func, include_extras=True)  # this module uses string annotations
+        return [
+            p.replace(annotation=hints[p.name])
+            for p in pyinspect.signature(func).parameters.values()
+            if p.name != "opts"
+        ]
+
+    own, shared = params(command), params(common_flags)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        opts = common_flags(**{p.name: kwargs.pop(p.name) for p in shared})
+        return command(**kwargs, opts=opts)
+
+    wrapper.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *shared)}
+    return wrapper

@@ -3,8 +3,13 @@
 The host reference is the same artifact run in the host's runtime on the same
 inputs; the device run must agree within the profile's tolerance. The result
 has two parts: ``facts`` (deterministic: runner, CPU, runtime versions,
-agreement) for the manifest, and ``measurements`` (wall-clock latency,
-instruction counts, estimates) that vary by run or machine, for the report.
+agreement over every sample, what the runtime executed: ``delegation``) for the
+manifest, and ``measurements`` (wall-clock latency, instruction counts,
+estimates) that vary by run or machine, for the report.
+
+Under emulation one process checks every sample, then runs one warm-up and one
+counted inference (``[emulation] warmup`` / ``runs``); timed repetitions are left
+to runners whose wall time means something (:data:`TIMED_RUNNERS`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ import numpy as np
 from edgepack.errors import DeviceCheckError
 from edgepack.profiles import Profile
 
+COUNT_NOTE = (
+    "guest instructions of the runtime's invoke call alone, per inference (arm64 LiteRT: identical run to run; "
+    "ONNX Runtime within 1e-5, 32-bit ARM within 1e-4)"
+)
 # Runner name -> what its wall-clock latency is (runners may say better with a ``latency_label``).
 LATENCY_LABELS = {
     "native": "measured natively on this x86_64 host",
@@ -37,14 +46,27 @@ class CheckResult:
     estimate: Any = None  # edgepack.estimate.Estimate of the device latency, when there is one
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.facts, "measurements": self.measurements}
+        """Facts, ``instructions_per_inference`` (None when not counted) and the measurements (``check --json``)."""
+        count = self.measurements.get("instructions_per_inference")
+        return {**self.facts, "instructions_per_inference": count, "measurements": self.measurements}
 
 
-def _inputs(manifest: dict[str, Any], samples: Sequence[Sequence[np.ndarray]] | None, seed: int) -> list[np.ndarray]:
+def _samples(
+    manifest: dict[str, Any], samples: Sequence[Sequence[np.ndarray]] | None, seed: int
+) -> list[list[np.ndarray]]:
+    """Every validation sample (all are checked in one device process), or one seeded random sample."""
     if samples:
-        return [np.asarray(a) for a in samples[0]]
-    rng = np.random.default_rng(seed)  # float noise; run.py and the host runtime quantize it for int8 inputs
-    return [rng.random(s["shape"]).astype(np.float32) for s in manifest["inputs"]]
+        return [[np.asarray(a) for a in sample] for sample in samples]
+    rng = np.random.default_rng(seed)
+    io = (manifest.get("quantization") or {}).get("io") or {}
+    sample = []
+    for spec in manifest["inputs"]:
+        quantized = (io.get(spec["name"]) or {}).get("scale") is not None
+        if np.dtype(spec["dtype"]).kind in "iub" and not quantized:  # ids, flags, rates: small integers
+            sample.append(rng.integers(0, 2, size=spec["shape"]).astype(spec["dtype"]))
+        else:  # float noise; run.py and the host runtime quantize it for an int8 input
+            sample.append(rng.random(spec["shape"]).astype(np.float32))
+    return [sample]
 
 
 def manifest_specs(manifest: dict[str, Any]) -> tuple[Any, ...]:
@@ -89,6 +111,10 @@ def compare(reference: list[np.ndarray], device: dict[str, np.ndarray], names: l
     return {"outputs": rows, "agree": not failures, "failures": failures}
 
 
+# Runners whose wall times mean something: only there are repeated timed runs worth their cost.
+TIMED_RUNNERS = ("native", "ssh")
+
+
 def check_bundle(
     bundle: Path,
     profile: Profile,
@@ -100,6 +126,12 @@ def check_bundle(
     progress: Any = None,
 ) -> CheckResult:
     """Run the bundle's run.py where ``runner`` (default: the profile's emulation mode) says; compare with the host.
+
+    Every sample's outputs are compared, from one device process. Where wall time means something
+    (:data:`TIMED_RUNNERS`) run.py then times ``latency.runs`` inferences; elsewhere (emulation) it
+    runs ``emulation.warmup`` warm-up inferences and ``emulation.runs`` counted ones (1 and 1 by
+    default), and an identical emulated run (same model bytes, guest, ``-cpu``, inputs) is done once
+    and shared (:mod:`edgepack.emulator.runcache`).
 
     Raises:
         DeviceCheckError: run.py failed on the device, or its outputs disagree with the host's.
@@ -113,28 +145,17 @@ def check_bundle(
         options.setdefault("progress", progress)
     backend = get_runner(profile, runner, **options)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    feeds = _inputs(manifest, samples, seed)
+    feeds = _samples(manifest, samples, seed)
+    limit = profile.emulation.samples  # [emulation] samples: a cap for slow emulated models
+    if limit and (runner or profile.emulation.mode) not in TIMED_RUNNERS:
+        feeds = feeds[: int(limit)]
+    names = [i["name"] for i in manifest["inputs"]]
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
         io = Path(tmp)
-        np.savez(io / "in.npz", **{i["name"]: a for i, a in zip(manifest["inputs"], feeds)})
-        latency = profile.latency
-        args = [
-            "--input",
-            str(io / "in.npz"),
-            "--output",
-            str(io / "out.npz"),
-            "--report",
-            str(io / "stats.json"),
-            "--runs",
-            str(latency.runs),
-            "--warmup",
-            str(latency.warmup),
-            "--threads",
-            str(latency.threads),
-        ]
-        if profile.runtime.value == "openvino":
-            args += ["--precision", "f32"]
-        result = backend.run(bundle, args, env={})
+        arrays: dict[str, Any] = {f"{k}:{n}": a for k, sample in enumerate(feeds) for n, a in zip(names, sample)}
+        np.savez(io / "in.npz", **arrays)
+        args = run_args(profile, backend.name, bundle)
+        result, shared = _run(backend, bundle, manifest, io, args)
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise DeviceCheckError(
@@ -144,16 +165,109 @@ def check_bundle(
         stats = json.loads((io / "stats.json").read_text())
         with np.load(io / "out.npz", allow_pickle=False) as data:
             device = {k: data[k] for k in data.files}
-    agreement = compare(
-        host_outputs(bundle, manifest, feeds), device, [o["name"] for o in manifest["outputs"]], profile
-    )
+    agreement = compare_samples(bundle, manifest, feeds, device, profile)
     if not agreement["agree"]:
         raise DeviceCheckError(
             f"{profile.name}: run.py on the {backend.name} runner disagrees with the host: "
-            + "; ".join(agreement["failures"]),
+            + "; ".join(agreement["failures"][:5]),
             hint="The device runtime computes differently; compare runtime versions in the report.",
         )
-    return _result(profile, backend, result, stats, agreement, bundle, manifest)
+    check = _result(profile, backend, result, stats, agreement, bundle, manifest)
+    check.measurements["shared_run"] = shared
+    require_execution(profile, check.facts.get("delegation"))
+    return check
+
+
+def fallbacks(delegation: dict[str, Any] | None, *, full_delegation: bool, int8: bool) -> list[str]:
+    """What ran otherwise than a profile requires: operators left on reference kernels, or no int8 execution.
+
+    Args:
+        delegation: run.py's ``delegation`` facts (None: nothing is known, so nothing is reported).
+        full_delegation: Every operator must run in the delegate (LiteRT).
+        int8: int8 kernels must have run.
+    """
+    if not delegation or delegation.get("error"):
+        return []
+    problems = []
+    reference = delegation.get("reference_ops") or {}
+    if full_delegation and reference:
+        ops = ", ".join(f"{n} x{c}" for n, c in reference.items())
+        problems.append(f"{sum(reference.values())} operator(s) ran on reference kernels, not the delegate: {ops}")
+    if int8 and delegation.get("int8") is False:
+        problems.append("no int8 kernel ran (exec precisions: {})".format(
+            delegation.get("exec_precisions") or delegation.get("tensor_types") or "float only"))
+    return problems
+
+
+def require_execution(profile: Profile, delegation: dict[str, Any] | None) -> None:
+    """Fail when the profile requires full delegation (``device.require_delegation``) or int8 execution
+    (``device.require_int8``) and the device did otherwise.
+
+    Raises:
+        DelegationError: an operator fell back, or int8 did not run, where the profile requires it (exit 13).
+    """
+    from edgepack.errors import DelegationError
+
+    problems = fallbacks(
+        delegation, full_delegation=profile.device.require_delegation, int8=profile.device.require_int8
+    )
+    if problems:
+        raise DelegationError(
+            f"{profile.name}: " + "; ".join(problems),
+            hint="See the device check's `delegation` record; change the model's operators or relax the profile.",
+        )
+
+
+def run_args(profile: Profile, runner: str, bundle: Path) -> list[str]:
+    """run.py's arguments other than file paths: timed runs where timing means something, else one counted block.
+
+    ``emulation.warmup`` and ``emulation.runs`` (defaults 1 and 1) set the emulated warm-up and
+    counted inferences; a bundle whose run.py predates ``--count`` gets them as ``--runs``.
+    """
+    threads = ["--threads", str(profile.latency.threads)]
+    threads += ["--precision", "f32"] if profile.runtime.value == "openvino" else []
+    if runner in TIMED_RUNNERS:
+        return ["--warmup", str(profile.latency.warmup), "--runs", str(profile.latency.runs), *threads]
+    warmup, count = profile.emulation.warmup, profile.emulation.runs
+    if "--count" not in (bundle / "run.py").read_text():
+        return ["--warmup", str(warmup), "--runs", str(count), *threads]
+    return ["--warmup", str(warmup), "--runs", "0", "--count", str(count), *threads]
+
+
+def _run(backend: Any, bundle: Path, manifest: dict, io: Path, args: list[str]) -> tuple[Any, bool]:
+    """Run run.py (or read back an identical emulated run); returns the result and whether it was shared."""
+    files = ["--input", str(io / "in.npz"), "--output", str(io / "out.npz"), "--report", str(io / "stats.json")]
+    identity = getattr(backend, "identity", None)
+    if identity is None:
+        return backend.run(bundle, [*files, *args], env={}), False
+    from edgepack.emulator import runcache
+
+    name = runcache.digest(bundle=bundle, manifest=manifest, runner=identity(), inputs=io / "in.npz", args=args)
+    stored = runcache.load(name, io, getattr(backend, "root", None))
+    if stored is not None:
+        return stored, True
+    result = backend.run(bundle, [*files, *args], env={})
+    runcache.store(name, io, result, getattr(backend, "root", None))
+    return result, False
+
+
+def compare_samples(
+    bundle: Path, manifest: dict, feeds: list[list[np.ndarray]], device: dict[str, np.ndarray], profile: Profile
+) -> dict:
+    """Agreement of every sample's device outputs (keyed ``"<i>:<output>"``) with the host's, worst error per output."""
+    names = [o["name"] for o in manifest["outputs"]]
+    worst: dict[str, float] = {}
+    failures: list[str] = []
+    for k, sample in enumerate(feeds):
+        got = {n: device[f"{k}:{n}"] for n in names if f"{k}:{n}" in device}
+        if not got and k == 0:
+            got = {n: device[n] for n in names if n in device}  # a run.py that predates several samples
+        one = compare(host_outputs(bundle, manifest, sample), got, names, profile)
+        failures += [f"sample {k}: {f}" for f in one["failures"]]
+        for row in one["outputs"]:
+            worst[row["output"]] = max(worst.get(row["output"], 0.0), row["max_abs_error"])
+    rows = [{"output": n, "max_abs_error": worst[n]} for n in names if n in worst]
+    return {"outputs": rows, "samples": len(feeds), "agree": not failures, "failures": failures}
 
 
 def _result(
@@ -172,14 +286,19 @@ def _result(
         "python": stats.get("python"),
         "precision": "f32" if profile.runtime.value == "openvino" else None,
         "agreement": agreement,
+        "delegation": stats.get("delegation"),
     }
     label = getattr(backend, "latency_label", None) or stats.get("latency_label") or LATENCY_LABELS.get(backend.name)
-    measurements: dict[str, Any] = {"latency": summarize_latency(stats["latency_ms"], str(label))}
+    times = _times(stats)
+    if stats.get("count_ms") is not None and not stats.get("latency_ms"):
+        label = f"{label} (one block of {stats.get('count')} inference(s) after {stats.get('warmup')} warm-up)"
+    measurements: dict[str, Any] = {"latency": summarize_latency(times, str(label))}
     measurements["instructions"] = {
         "per_inference": result.instructions,
-        "note": result.note or "guest instructions in run.py's timed loop, per inference (stable to ~0.1%)",
+        "note": result.note or COUNT_NOTE,
         "qemu_cpu": profile.emulation.qemu_cpu if emulated else None,
     }
+    measurements["instructions_per_inference"] = result.instructions
     estimate = None
     if emulated:
         measurements["figures"], estimate = _figures(profile, bundle, manifest, stats, result)
@@ -191,7 +310,7 @@ def _figures(profile: Profile, bundle: Path, manifest: dict, stats: dict, result
     from edgepack.estimate import latency_figures
 
     return latency_figures(
-        times_ms=stats["latency_ms"],
+        times_ms=_times(stats),
         instructions=None if profile.delegate == "gpu" else result.instructions,
         cost=_cost(bundle, manifest),
         device=profile.device,
@@ -199,6 +318,11 @@ def _figures(profile: Profile, bundle: Path, manifest: dict, stats: dict, result
         threads=profile.latency.threads,
         count_note="the count covers the CPU path, not the GPU delegate" if profile.delegate == "gpu" else result.note,
     )
+
+
+def _times(stats: dict) -> list[float]:
+    """run.py's per-inference times: its timed runs, else its counted block's time per inference."""
+    return list(stats.get("latency_ms") or []) or ([stats["count_ms"]] if stats.get("count_ms") is not None else [])
 
 
 def _cost(bundle: Path, manifest: dict) -> Any:

@@ -8,12 +8,15 @@ CLI turns them into exit codes.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgepackError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with."""
 
     exit_code = 1
     kind = "error"
+    result: Any = None  # with edgepack.package: the PackageResult of the run (the targets that did succeed)
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -88,6 +91,14 @@ class DeviceCheckError(EdgepackError):
     kind = "device-check-failed"
 
 
+class DelegationError(DeviceCheckError):
+    """An operator fell back from the delegate, or an int8 bundle did not run int8 kernels, on the device
+    (only when the profile requires it: ``[device] require_delegation`` / ``require_int8``)."""
+
+    exit_code = 13
+    kind = "fell-back"
+
+
 class VerificationError(EdgepackError):
     """A bundle does not match its manifest or its signature."""
 
@@ -119,6 +130,7 @@ ALL_ERRORS: tuple[type[EdgepackError], ...] = (
     AccuracyError,
     LatencyBudgetError,
     DeviceCheckError,
+    DelegationError,
     VerificationError,
     OutputExistsError,
     InternalError,

@@ -143,7 +143,7 @@ class Roofline:
 
 
 def emulated_wall_time(times_ms: Sequence[float]) -> dict[str, Any]:
-    """Median and spread of the timed runs of an emulated run (run.py times them after its warm-up).
+    """Median and spread of an emulated run's times per inference (run.py's timed runs, or its counted block).
 
     Raises:
         ValueError: no times.

@@ -21,8 +21,10 @@ from edgepack.compat import CompatVerdict, check_compatibility
 from edgepack.deps import require
 from edgepack.errors import ConversionError, MissingDependencyError, ModelError
 from edgepack.macs import Cost, estimate_onnx, estimate_tflite, load_tflite, onnx_op_key, tflite_op_name, tflite_schema
+from edgepack.shapes import InputShape
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgepack.compat.check import OpKind
     from edgepack.profiles import Profile
 
 _NO_COST = Cost(macs=0, params=0, weight_bytes=0, activation_bytes=0)
@@ -45,7 +47,7 @@ class InspectReport:
     sha256: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    op_kind: str = "onnx"
+    op_kind: OpKind = "onnx"
     ops: Mapping[str, int] = field(default_factory=dict)
     opset: int | None = None
     tflite_ops: Mapping[str, int] = field(default_factory=dict)
@@ -80,7 +82,7 @@ class InspectReport:
 def inspect_model(
     path: str | Path,
     *,
-    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...] | InputShape] | None = None,
     batch: int = 1,
     trust_code: bool = False,
     profiles: Sequence[Profile] | None = None,
@@ -89,7 +91,8 @@ def inspect_model(
 
     Args:
         path: a .onnx, .tflite, .keras, .h5 file or a SavedModel folder.
-        input_shapes: input name -> static shape, for dynamic dims ("" names the only input).
+        input_shapes: input name -> shape, for dynamic dims ("" names the only input); a range is inspected at
+            its opt shape.
         batch: the leading dim of inputs whose batch is dynamic and not in ``input_shapes``.
         trust_code: allow Keras models with Lambda layers (Python code) to load.
         profiles: the targets to check; default all built-in profiles.
@@ -105,7 +108,7 @@ def inspect_model(
     path = Path(path)
     fmt = detect_format(path)
     memory.check_fits(path, {"the model loaded and converted": memory.MODEL_COPIES * memory.model_bytes(path)})
-    shapes = dict(input_shapes or {})
+    shapes = {k: v.static() if isinstance(v, InputShape) else v for k, v in (input_shapes or {}).items()}
     report = _READERS[fmt](path, fmt, shapes, batch, trust_code)
     checked = tuple(_verdict(p, report) for p in (load_all() if profiles is None else profiles))
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
@@ -124,7 +127,7 @@ def _verdict(profile: Profile, report: InspectReport) -> CompatVerdict:
         return _unknown(profile, "the model could not be converted to .tflite here (see notes)")
     if not report.ops:
         return _unknown(profile, "no operator graph to check (see notes)")
-    return check_compatibility(report.ops, profile, opset=report.opset, op_kind=report.op_kind)  # type: ignore[arg-type]
+    return check_compatibility(report.ops, profile, opset=report.opset, op_kind=report.op_kind)
 
 
 def _unknown(profile: Profile, why: str) -> CompatVerdict:
@@ -155,7 +158,7 @@ def _onnx_report(
 def _inspect_onnx(
     path: Path, fmt: ModelFormat, shapes: dict[str, tuple[int, ...]], batch: int, trust_code: bool
 ) -> InspectReport:
-    from edgepack.source import read_io
+    from edgepack.modelio import read_io
 
     onnx = require("onnx")
     inputs, outputs = read_io(path, fmt)
@@ -204,7 +207,7 @@ def _tflite_ops(path: Path) -> tuple[dict[str, int], dict[str, int]]:
 def _inspect_tflite(
     path: Path, fmt: ModelFormat, shapes: dict[str, tuple[int, ...]], batch: int, trust_code: bool
 ) -> InspectReport:
-    from edgepack.source import read_io
+    from edgepack.modelio import read_io
 
     inputs, outputs = read_io(path, fmt)
     ops, versions = _tflite_ops(path)
@@ -226,7 +229,8 @@ def _inspect_tf(
     path: Path, fmt: ModelFormat, shapes: dict[str, tuple[int, ...]], batch: int, trust_code: bool
 ) -> InspectReport:
     """Convert to ONNX and to .tflite in a temporary folder and inspect both graphs."""
-    from edgepack.source import open_source, read_io
+    from edgepack.modelio import read_io
+    from edgepack.source import open_source
 
     layers, keras_notes = _keras_layers(path, fmt, trust_code) if fmt is not ModelFormat.SAVEDMODEL else ({}, [])
     try:
@@ -276,7 +280,7 @@ def _spec(d: Mapping[str, Any]) -> TensorSpec:
 
 def _keras_layers(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[dict[str, int], list[str]]:
     """Histogram of a Keras model's layer classes (a nested model counts and adds its own), and its param count."""
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     counts: Counter[str] = Counter()
 

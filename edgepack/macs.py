@@ -59,9 +59,10 @@ class Cost:
 
 
 def _numel(shape: Sequence[int | None] | None) -> int | None:
-    if shape is None or any(d is None or d < 0 for d in shape):
+    if shape is None:
         return None
-    return math.prod(shape)
+    dims = [d for d in shape if d is not None and d >= 0]
+    return math.prod(dims) if len(dims) == len(shape) else None
 
 
 def _uncounted_note(kinds: Counter[str], why: str) -> list[str]:
@@ -197,7 +198,8 @@ def estimate_onnx(model_proto: Any, *, input_shapes: Mapping[str, Sequence[int]]
     constants = {t.name for t in model.graph.initializer}
     activations = [v.name for v in model.graph.input if v.name not in constants]
     macs_by_op: Counter[str] = Counter()
-    unknown, skipped = Counter(), Counter()
+    unknown: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
     for node in model.graph.node:
         if node.op_type != "Constant":
             activations += list(node.output)
@@ -294,7 +296,7 @@ def tflite_op_name(schema: Any, opcode: Any) -> str:
     return names.get(code, f"BUILTIN_{code}")
 
 
-def _tflite_macs(op: str, shapes: list[Shape | None], outs: list[Shape | None], options: Any) -> int | None:
+def _tflite_macs(op: str, shapes: Sequence[Shape | None], outs: Sequence[Shape | None], options: Any) -> int | None:
     """MACs of one TFLite operator from its input and output shapes (None: not computable)."""
     out = _numel(outs[0]) if outs else None
     weight = shapes[1] if len(shapes) > 1 else None
@@ -336,7 +338,8 @@ def estimate_tflite(path: str | Path) -> Cost:
     weight_bytes = sum(nbytes(i) for i in constant)
     computed = set(_ints(graph.inputs))
     macs_by_op: Counter[str] = Counter()
-    unknown, skipped = Counter(), Counter()
+    unknown: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
     for operator in graph.operators or ():
         op = tflite_op_name(schema, model.operatorCodes[operator.opcodeIndex])
         ins = [shapes[i] if i >= 0 else None for i in _ints(operator.inputs)]

@@ -97,7 +97,7 @@ def overridden() -> bool:
     return os.environ.get(OVERRIDE_ENV, "") not in ("", "0")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -9,12 +9,13 @@ is replaced.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -44,6 +45,20 @@ class Precision(str, enum.Enum):
     DYNAMIC = "dynamic"  # LiteRT dynamic-range: int8 weights, float activations
 
 
+class EmulationMode(str, enum.Enum):
+    """How a target's device check runs: emulated ARM user space, this host's CPU, or not at all."""
+
+    QEMU_USER = "qemu-user"
+    NATIVE = "native"
+    NONE = "none"
+
+    def __str__(self) -> str:  # the value in messages and f-strings, as a plain string would print
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
 class Step(str, enum.Enum):
     """Pipeline steps, in the only order they may run."""
 
@@ -58,16 +73,58 @@ class Step(str, enum.Enum):
 
 STEP_ORDER = list(Step)
 
-# The options each step reads from ``[step_options.STEP]``; anything else is a typo and refused.
-STEP_OPTIONS: dict[str, tuple[str, ...]] = {
-    Step.COMPRESS.value: ("distill", "prune", "clip"),
-    Step.CONVERT.value: ("select_tf_ops", "compress_to_fp16"),
-    Step.SIMPLIFY.value: ("tool",),
-    Step.QUANTIZE.value: ("num_bins", "num_quantized_bins", "percentile"),
-    Step.VALIDATE.value: (),
-    Step.DEVICE_CHECK.value: (),
-    Step.BUNDLE.value: (),
+class ConvertSettings(BaseModel):
+    """``[step_options.convert]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    select_tf_ops: bool = False  # let TFLiteConverter fall back to TensorFlow ops (needs the Flex delegate)
+    compress_to_fp16: bool = False  # OpenVINO IR weights stored in fp16
+
+
+class SimplifySettings(BaseModel):
+    """``[step_options.simplify]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    tool: Literal["auto", "onnxsim", "onnxslim"] = "auto"
+
+
+class QuantizeSettings(BaseModel):
+    """``[step_options.quantize]``: the histogram of entropy / percentile calibration (ONNX Runtime)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    num_bins: int | None = Field(default=None, ge=16, le=1 << 16)
+    num_quantized_bins: int | None = Field(default=None, ge=16, le=1 << 16)
+    percentile: float | None = Field(default=None, gt=50, le=100)
+
+
+class CompressSettings(BaseModel):
+    """``[step_options.compress]``: the compression methods, each a table of its settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    distill: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
+    clip: dict[str, Any] | None = None
+
+
+class NoSettings(BaseModel):
+    """A step that takes no options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+StepSettings = ConvertSettings | SimplifySettings | QuantizeSettings | CompressSettings | NoSettings
+
+# The typed options each step reads from ``[step_options.STEP]``; anything else is a typo and refused.
+STEP_SETTINGS: dict[str, type[BaseModel]] = {
+    Step.COMPRESS.value: CompressSettings,
+    Step.CONVERT.value: ConvertSettings,
+    Step.SIMPLIFY.value: SimplifySettings,
+    Step.QUANTIZE.value: QuantizeSettings,
+    Step.VALIDATE.value: NoSettings,
+    Step.DEVICE_CHECK.value: NoSettings,
+    Step.BUNDLE.value: NoSettings,
 }
+STEP_OPTIONS: dict[str, tuple[str, ...]] = {step: tuple(model.model_fields) for step, model in STEP_SETTINGS.items()}
 
 # Runtime -> model format it runs.
 RUNTIME_FORMAT = {
@@ -86,53 +143,58 @@ class _Strict(BaseModel):
 class Accuracy(_Strict):
     """Tolerances of an artifact against its source model."""
 
-    max_abs_error: float = Field(1e-3, gt=0)
-    min_cosine: float = Field(0.999, ge=-1, le=1)
-    min_top1_agreement: float = Field(0.99, ge=0, le=1)
-    int8_min_relative_accuracy: float = Field(0.99, ge=0, le=1)
-    int8_min_top1_agreement: float = Field(0.99, ge=0, le=1)
+    max_abs_error: float = Field(default=1e-3, gt=0)
+    min_cosine: float = Field(default=0.999, ge=-1, le=1)
+    min_top1_agreement: float = Field(default=0.99, ge=0, le=1)
+    int8_min_relative_accuracy: float = Field(default=0.99, ge=0, le=1)
+    int8_min_top1_agreement: float = Field(default=0.99, ge=0, le=1)
 
 
 class Quantize(_Strict):
     """Post-training quantization settings (``[step_options.quantize]`` holds backend extras)."""
 
-    method: str = Field("minmax", pattern="^(minmax|entropy|percentile)$")
+    method: str = Field(default="minmax", pattern="^(minmax|entropy|percentile)$")
     per_channel: bool = True
     symmetric_activations: bool = False
-    io: str = Field("float", pattern="^(float|int8|uint8)$")
-    samples: int = Field(128, ge=1)
-    holdout: float = Field(0.25, gt=0, lt=1)
-    max_float_layers: int = Field(8, ge=0)
+    io: str = Field(default="float", pattern="^(float|int8|uint8)$")
+    samples: int = Field(default=128, ge=1)
+    holdout: float = Field(default=0.25, gt=0, lt=1)
+    max_float_layers: int = Field(default=8, ge=0)
     must_be_faster: bool = False
 
 
 class Latency(_Strict):
     """Latency budget (applies to the device estimate) and how to time."""
 
-    budget_ms: float | None = Field(None, gt=0)
-    threads: int = Field(1, ge=1)
-    warmup: int = Field(3, ge=0)
-    runs: int = Field(20, ge=1)
+    budget_ms: float | None = Field(default=None, gt=0)
+    threads: int = Field(default=1, ge=1)
+    warmup: int = Field(default=3, ge=0)
+    runs: int = Field(default=20, ge=1)
 
 
 class Emulation(_Strict):
     """How the device is emulated; ``mode = "none"`` with a reason when it cannot be."""
 
-    mode: str = Field("qemu-user", pattern="^(qemu-user|native|none)$")
+    mode: EmulationMode = EmulationMode.QEMU_USER
     reason: str = ""
-    qemu_arch: str | None = Field(None, pattern="^(aarch64|arm)$")
+    qemu_arch: str | None = Field(default=None, pattern="^(aarch64|arm)$")
     qemu_cpu: str | None = None
     debian_release: str = "bookworm"
-    debian_arch: str | None = Field(None, pattern="^(arm64|armhf|amd64)$")
+    debian_arch: str | None = Field(default=None, pattern="^(arm64|armhf|amd64)$")
     python: str = "3.11"
     debs: tuple[str, ...] = ()
     wheels: tuple[str, ...] = ()
+    # Under emulation an inference's instruction count is deterministic: one warm-up and one counted
+    # inference say all that repetitions would (timed repetitions run only on real devices).
+    warmup: int = Field(default=1, ge=0)
+    runs: int = Field(default=1, ge=1)
+    samples: int | None = Field(default=None, ge=1)  # cap on the validation samples checked under emulation
 
     @model_validator(mode="after")
     def _qemu_needs_cpu(self) -> Emulation:
-        if self.mode == "qemu-user" and not (self.qemu_arch and self.qemu_cpu and self.debian_arch):
+        if self.mode is EmulationMode.QEMU_USER and not (self.qemu_arch and self.qemu_cpu and self.debian_arch):
             raise ValueError("emulation.mode = 'qemu-user' needs qemu_arch, qemu_cpu and debian_arch")
-        if self.mode == "none" and not self.reason:
+        if self.mode is EmulationMode.NONE and not self.reason:
             raise ValueError("emulation.mode = 'none' needs a reason")
         return self
 
@@ -145,17 +207,21 @@ class Device(_Strict):
     clock_ghz: float = Field(gt=0)
     ram_gb: float = Field(gt=0)
     cpu: str = ""
-    peak_gflops: float | None = Field(None, gt=0)
-    mem_bandwidth_gbs: float | None = Field(None, gt=0)
-    ipc: float | None = Field(None, gt=0)
+    peak_gflops: float | None = Field(default=None, gt=0)
+    mem_bandwidth_gbs: float | None = Field(default=None, gt=0)
+    ipc: float | None = Field(default=None, gt=0)
     # Multiplicative band of ``ipc``: the effective value lies in [ipc/u, ipc*u] (docs/latency.md).
-    ipc_uncertainty: float | None = Field(None, ge=1)
+    ipc_uncertainty: float | None = Field(default=None, ge=1)
+    # Fail the device check (DelegationError, exit 13) when an operator falls back from the delegate,
+    # or when an int8 bundle does not run int8 kernels.
+    require_delegation: bool = False
+    require_int8: bool = False
 
 
 class Inputs(_Strict):
     """How dynamic input dimensions are fixed when the user gives no ``--input-shape``."""
 
-    batch: int | None = Field(1, ge=1)
+    batch: int | None = Field(default=1, ge=1)
     shapes: dict[str, tuple[Annotated[int, Field(ge=1)], ...]] = Field(default_factory=dict)
     # How images in a --data folder become inputs (edgepack.calibration.Preprocess keys: size, layout,
     # channel_order, scale, mean, std, dtype); a preprocess.toml beside the data or --preprocess wins.
@@ -168,7 +234,7 @@ class TensorRT(_Strict):
     jetpack: str
     jetpack_tensorrt: dict[str, str]
     tensorrt_max_opset: dict[str, Annotated[int, Field(ge=7, le=30)]]
-    workspace_mib: int = Field(1024, ge=64)
+    workspace_mib: int = Field(default=1024, ge=64)
 
     @model_validator(mode="after")
     def _mapping_is_complete(self) -> TensorRT:
@@ -199,8 +265,8 @@ class Profile(_Strict):
     arch: Arch
     precision: Precision = Precision.FP32
     precisions: tuple[Precision, ...] = (Precision.FP32,)
-    delegate: str = Field("cpu", pattern="^(cpu|xnnpack|gpu)$")
-    opset: int | None = Field(None, ge=7, le=30)
+    delegate: str = Field(default="cpu", pattern="^(cpu|xnnpack|gpu)$")
+    opset: int | None = Field(default=None, ge=7, le=30)
     steps: tuple[Step, ...]
     step_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     accuracy: Accuracy = Accuracy()
@@ -229,7 +295,15 @@ class Profile(_Strict):
             unknown = sorted(set(values) - set(STEP_OPTIONS[step]))
             if unknown:
                 known = ", ".join(STEP_OPTIONS[step]) or "none"
-                raise ValueError(f"unknown option(s) {', '.join(unknown)} for step {step!r} (known: {known})")
+                close = difflib.get_close_matches(unknown[0], STEP_OPTIONS[step], n=1)
+                guess = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown option(s) {', '.join(unknown)} for step {step!r} (known: {known}){guess}")
+            try:
+                STEP_SETTINGS[step].model_validate(values)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"step_options.{step}.{where}: {first['msg']}") from None
         return options
 
     @model_validator(mode="after")
@@ -254,7 +328,28 @@ class Profile(_Strict):
         return self.opset
 
     def options(self, step: Step | str) -> dict[str, Any]:
+        """The raw ``[step_options.STEP]`` table (as written; see :meth:`settings` for typed values)."""
         return dict(self.step_options.get(Step(step).value, {}))
+
+    def settings(self, step: Step | str) -> Any:
+        """The step's options as its typed, frozen settings model (defaults filled in)."""
+        value = Step(step).value
+        return STEP_SETTINGS[value].model_validate(self.step_options.get(value, {}))
+
+    @property
+    def convert_settings(self) -> ConvertSettings:
+        settings: ConvertSettings = self.settings(Step.CONVERT)
+        return settings
+
+    @property
+    def simplify_settings(self) -> SimplifySettings:
+        settings: SimplifySettings = self.settings(Step.SIMPLIFY)
+        return settings
+
+    @property
+    def quantize_settings(self) -> QuantizeSettings:
+        settings: QuantizeSettings = self.settings(Step.QUANTIZE)
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -340,7 +435,10 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return data
     if not isinstance(base_name, str):
         raise ProfileError(f"{path}: 'extends' must be a profile name or a path, got {base_name!r}.")
-    base_path = (path.parent / base_name) if base_name.endswith(".toml") else _locate(base_name)
+    try:
+        base_path = (path.parent / base_name) if base_name.endswith(".toml") else _locate(base_name)
+    except ProfileError as exc:  # name the file that holds the bad 'extends'
+        raise ProfileError(f"{path}: extends = {base_name!r}: {exc.message}", hint=exc.hint) from exc
     try:
         found = base_path.is_file()
     except OSError as exc:  # a name too long for the file system, ...
@@ -363,12 +461,28 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _close_key(loc: tuple[Any, ...]) -> str:
+    """`` (did you mean 'description'?)`` for a misspelt key of the profile or of one of its tables."""
+    model: Any = Profile
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        annotation = getattr(field, "annotation", None)
+        candidates = [a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type)]
+        model = next((a for a in candidates if issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _describe(path: Path, exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}'")
+            problems.append(f"unknown key '{key}'" + _close_key(err["loc"]))
         elif err["type"] == "missing":
             problems.append(f"missing key '{key}'")
         else:

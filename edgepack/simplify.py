@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import Artifact, ModelFormat, TensorSpec
-from edgepack.convert._common import first_line, fresh_dir, quiet, run_tool, tool_meta
-from edgepack.convert._ortcheck import compare, random_feeds, run_onnx
 from edgepack.convert.onnx_fix import load_onnx, save_onnx
+from edgepack.convert.ortcheck import compare, random_feeds, run_onnx
 from edgepack.deps import require, version_of
 from edgepack.errors import DataError, EdgepackError, UsageError
+from edgepack.tools import first_line, fresh_dir, quiet, run_tool, tool_meta
 
 # A result may grow by shape annotations (value_info) and metadata; more than this is constant folding
 # inflating the weights (onnxsim turns Expand/Tile of a small constant into the full tensor).
@@ -184,7 +184,7 @@ def simplify(
     accepted, rejected = _candidates(model, names, feeds)
     best = min(accepted, key=lambda c: (c.size, c.nodes)) if accepted else None
     for other in accepted:
-        if other is not best:
+        if best is not None and other is not best:
             rejected[other.tool] = f"correct but not the smallest ({other.size} >= {best.size} bytes)"
     size, nodes = model.ByteSize(), len(model.graph.node)
     report = SimplifyReport(

@@ -1,4 +1,4 @@
-"""Reading the user's model: format detection from content, I/O specs, fixed shapes, safe loading.
+"""Opening the user's model: format detection from content, fixed shapes, the source Artifact.
 
 Nothing here runs code from a model file: Keras models load in safe mode and
 a ``Lambda`` layer (Python code in the file) is refused unless the user opts
@@ -8,15 +8,17 @@ checkpoints, ``.pkl``) are refused outright.
 
 from __future__ import annotations
 
-import json
+import shlex
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgepack.artifact import Artifact, ModelFormat, TensorSpec, guess_layout
-from edgepack.deps import require
+from edgepack import shapes
+from edgepack.artifact import Artifact, ModelFormat, TensorSpec
 from edgepack.errors import ModelError, UsageError
+from edgepack.modelio import read_io
+from edgepack.shapes import InputShape
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ONNX_FIRST_BYTES = {0x08, 0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42}
@@ -97,296 +99,133 @@ def _detect_zip(path: Path) -> ModelFormat:
     raise ModelError(f"{path} is a zip archive but not a Keras 3 model (no config.json).")
 
 
-# --------------------------------------------------------------------------- safety
-
-
-def refuse_code(config: Any, path: Path, trust_code: bool) -> None:
-    """Refuse a Keras config that holds Python code (Lambda layers) unless trusted."""
-    if trust_code:
-        return
-    found = sorted(set(_lambda_layers(config)))
-    if found:
-        raise ModelError(
-            f"{path} holds Python code in Lambda layer(s) {', '.join(found)}; edgepack does not run code from "
-            "model files.",
-            hint="Rebuild the model without Lambda layers, or pass --trust-model-code if you trust its author.",
-        )
-
-
-def _lambda_layers(node: Any) -> list[str]:
-    # An explicit stack, not recursion: a damaged or hostile config may nest deeper than Python's stack.
-    hits, stack = [], [node]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                config = node.get("config")
-                hits.append(str(config.get("name", "lambda")) if isinstance(config, dict) else "lambda")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return hits
-
-
-def _keras_config(path: Path, fmt: ModelFormat) -> Any:
-    try:
-        if fmt is ModelFormat.KERAS:
-            with zipfile.ZipFile(path) as zf:
-                return json.loads(zf.read("config.json"))
-        h5py = require("h5py")
-        with h5py.File(path, "r") as fh:
-            raw = fh.attrs.get("model_config")
-        if raw is None:
-            raise ModelError(
-                f"{path} is an HDF5 file without a Keras model config (a weights-only file?).",
-                hint="Save the whole model with model.save('model.h5') or, better, model.save('model.keras').",
-            )
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except ModelError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged file
-        raise ModelError(
-            f"{path} is damaged: cannot read its Keras config ({exc}).", hint="Re-export the model."
-        ) from exc
-
-
-def load_keras(path: str | Path, fmt: ModelFormat, *, trust_code: bool = False) -> Any:
-    """Load a .keras or .h5 model in safe mode; Keras 2 .h5 files fall back to tf_keras.
-
-    Raises:
-        ModelError: the file is damaged, or holds code and ``trust_code`` is False.
-    """
-    path = Path(path)
-    refuse_code(_keras_config(path, fmt), path, trust_code)
-    _tensorflow()
-    keras = require("keras")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not trust_code)
-    except Exception as exc:  # noqa: BLE001
-        if fmt is not ModelFormat.H5:
-            raise ModelError(f"{path} cannot be loaded by Keras ({_first_line(exc)}).", hint="Re-export it.") from exc
-        first = exc
-    tf_keras = require("tf_keras")
-    try:
-        return tf_keras.models.load_model(path, compile=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(
-            f"{path} cannot be loaded by Keras 3 ({_first_line(first)}) nor tf_keras ({_first_line(exc)}).",
-            hint="Re-save it as .keras with the Keras version that trained it.",
-        ) from exc
-
-
-def _tensorflow() -> Any:
-    """Import TensorFlow with its C++ start-up log lines kept off the terminal.
-
-    TensorFlow 2.21 writes absl log lines to fd 2 on import whatever ``TF_CPP_MIN_LOG_LEVEL`` says,
-    which would break the CLI's one-line errors; later imports are no-ops.
-    """
-    from edgepack.convert._common import quiet
-
-    with quiet():
-        return require("tensorflow")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
-# --------------------------------------------------------------------------- I/O specs
-
-
-def read_io(
-    path: str | Path, fmt: ModelFormat, *, trust_code: bool = False
-) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs of a model, as written in the file (dynamic dims are None)."""
-    reader = _IO_READERS.get(fmt)
-    if reader is None:
-        raise ModelError(f"edgepack cannot read {fmt.value} models as input.")
-    return reader(Path(path), fmt, trust_code)
-
-
-def _io_onnx(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    onnx = require("onnx")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path} is not a valid ONNX model ({_first_line(exc)}).", hint="Re-export it.") from exc
-    graph = model.graph
-    if not graph.node or not graph.output:
-        raise ModelError(f"{path} is not a valid ONNX model (empty graph).", hint="Re-export it.")
-    if (where := _binary_name(graph)) is not None:
-        raise ModelError(
-            f"{path} is damaged: {where} is not valid UTF-8 text (protobuf read it as bytes).", hint="Re-export it."
-        )
-    initializers = {init.name for init in graph.initializer}
-
-    def spec(value: Any) -> TensorSpec:
-        tensor = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        except Exception:  # noqa: BLE001
-            dtype = "unknown"
-        return TensorSpec(value.name, shape, dtype, guess_layout(shape))
-
-    inputs = [spec(v) for v in graph.input if v.name not in initializers]
-    return inputs, [spec(v) for v in graph.output]
-
-
-def _binary_name(graph: Any) -> str | None:
-    """Where a name or operator type in an ONNX graph (or its subgraphs) is not valid UTF-8, else None.
-
-    Protobuf hands such proto2 strings back as ``bytes``; a bit flip in a name does this, and every
-    later step (and any runtime) would choke on it.
-    """
-    named = [("input", v.name) for v in graph.input] + [("output", v.name) for v in graph.output]
-    named += [("initializer", t.name) for t in graph.initializer]
-    for node in graph.node:
-        named += [("operator type", node.op_type), ("operator domain", node.domain)]
-        named += [("node input", n) for n in node.input] + [("node output", n) for n in node.output]
-    for what, text in named:
-        if not isinstance(text, str):
-            return f"an ONNX {what} name {text[:40]!r}"
-    subgraphs = [a.g for n in graph.node for a in n.attribute if a.HasField("g")]
-    subgraphs += [g for n in graph.node for a in n.attribute for g in a.graphs]
-    return next((w for g in subgraphs if (w := _binary_name(g)) is not None), None)
-
-
-def _io_tflite(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    litert = require("ai_edge_litert.interpreter")
-    try:
-        interp = litert.Interpreter(model_path=str(path))
-        details = interp.get_input_details(), interp.get_output_details()  # names may not decode
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path} is not a valid .tflite model ({_first_line(exc)}).", hint="Re-export it.") from exc
-
-    def spec(detail: Mapping[str, Any]) -> TensorSpec:
-        signature = detail.get("shape_signature")
-        dims = signature if signature is not None and len(signature) else detail["shape"]
-        shape = tuple(int(d) if d > 0 else None for d in dims)
-        return TensorSpec(detail["name"], shape, detail["dtype"].__name__, guess_layout(shape))
-
-    return [spec(d) for d in details[0]], [spec(d) for d in details[1]]
-
-
-def _io_keras(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    model = load_keras(path, fmt, trust_code=trust_code)
-
-    def spec(tensor: Any, fallback: str) -> TensorSpec:
-        shape = tuple(None if d is None else int(d) for d in tensor.shape)
-        history = getattr(tensor, "_keras_history", None)  # the producing layer's name, e.g. "logits"
-        layer = getattr(history[0], "name", None) if history else None
-        name = layer or getattr(tensor, "name", None) or fallback
-        dtype = str(getattr(tensor.dtype, "name", tensor.dtype))
-        return TensorSpec(name.split(":")[0], shape, dtype, guess_layout(shape))
-
-    inputs = [spec(t, f"input_{i}") for i, t in enumerate(model.inputs)]
-    names = list(getattr(model, "output_names", None) or [])
-    outputs = [spec(t, names[i] if i < len(names) else f"output_{i}") for i, t in enumerate(model.outputs)]
-    return inputs, outputs
-
-
-def _io_savedmodel(path: Path, fmt: ModelFormat, trust_code: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    tf = _tensorflow()
-    try:
-        loaded = tf.saved_model.load(str(path))
-        fn = loaded.signatures["serving_default"]
-    except KeyError as exc:
-        raise ModelError(f"{path} has no 'serving_default' signature.", hint="Export with model.export().") from exc
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{path} is not a loadable SavedModel ({_first_line(exc)}).", hint="Re-export it.") from exc
-
-    def spec(name: str, tensor: Any) -> TensorSpec:
-        shape = tuple(None if d is None else int(d) for d in tensor.shape)
-        return TensorSpec(name, shape, tensor.dtype.name, guess_layout(shape))
-
-    _, kwargs = fn.structured_input_signature
-    inputs = [spec(n, t) for n, t in sorted(kwargs.items())]
-    outputs = [spec(n, t) for n, t in sorted(fn.structured_outputs.items())]
-    return inputs, outputs
-
-
-_IO_READERS = {
-    ModelFormat.ONNX: _io_onnx,
-    ModelFormat.TFLITE: _io_tflite,
-    ModelFormat.KERAS: _io_keras,
-    ModelFormat.H5: _io_keras,
-    ModelFormat.SAVEDMODEL: _io_savedmodel,
-}
-
-
 # --------------------------------------------------------------------------- shapes
 
+ShapeValue = tuple[int, ...] | InputShape
+GivenShapes = Mapping[str, ShapeValue | Sequence[Any]] | Sequence[InputShape]
 
-def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``--input-shape name=1,224,224,3`` flags (a bare ``1,224,224,3`` for a single input)."""
-    shapes: dict[str, tuple[int, ...]] = {}
+
+def parse_input_shapes(values: list[str] | None) -> dict[str, ShapeValue]:
+    """Parse ``--input-shape`` flags: ``name=1,224,224,3``, a bare ``1x224x224x3`` for a single input, and
+    ranges such as ``name=1,3,48,[32:320:1024]`` (min:opt:max).
+
+    Returns:
+        Per input name (``""`` for a bare shape) a tuple of ints for a static shape (as before ranges
+        existed) or an :class:`edgepack.shapes.InputShape` when a dim is a range.
+
+    Raises:
+        UsageError: a value is not a shape.
+    """
+    shapes: dict[str, ShapeValue] = {}
     for value in values or []:
-        name, sep, dims = value.rpartition("=")
-        key = name.strip() if sep else ""
-        try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
-        except ValueError:
-            shape = ()
-        if not shape or any(d <= 0 for d in shape):
-            raise UsageError(f"--input-shape {value!r} is not a shape.", hint=f"Write it as {_SHAPE_FLAG}.")
-        shapes[key] = shape
+        shape = InputShape.parse(value)
+        shapes[shape.name] = shape if shape.is_dynamic else shape.static()
     return shapes
 
 
-def fix_shapes(
-    inputs: list[TensorSpec], given: Mapping[str, tuple[int, ...]], *, batch: int | None, path: Path
-) -> tuple[list[TensorSpec], dict[str, str]]:
-    """Fix every dynamic input dim from the user's shapes, then the profile's batch size.
-
-    Returns the static specs and, per input, where its shape came from.
+def static_shapes(given: GivenShapes | None) -> dict[str, tuple[int, ...]]:
+    """Each given shape as one static shape (a range's opt shape), for code that runs a single shape.
 
     Raises:
+        UsageError: a value is not a shape.
+    """
+    return {name: shape.static() for name, shape in _given(given).items()}
+
+
+def _given(given: GivenShapes | None) -> dict[str, InputShape]:
+    if not given:
+        return {}
+    if isinstance(given, Mapping):
+        return {str(name): InputShape.from_value(str(name), value) for name, value in given.items()}
+    return {shape.name: shape for shape in given}
+
+
+def resolve_shapes(
+    inputs: Sequence[TensorSpec], given: GivenShapes | None, *, batch: int | None, path: Path
+) -> tuple[list[TensorSpec], dict[str, str], tuple[InputShape, ...]]:
+    """Fix every dynamic input dim from the user's shapes (their opt shape for a range), then the profile's batch.
+
+    Returns:
+        The static specs, per input where its shape came from, and the inputs given with a range.
+
+    Raises:
+        UsageError: a shape names no input, or a bare shape is given for a model with several inputs.
         ModelError: a given shape does not fit, or a dim stays dynamic.
     """
-    given = dict(given)
-    if "" in given:
+    wanted = _given(given)
+    if "" in wanted:
         if len(inputs) != 1:
             raise UsageError(
                 f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); name each shape.",
                 hint=f"Write {_SHAPE_FLAG} for each input.",
             )
-        given[inputs[0].name] = given.pop("")
-    unknown = sorted(set(given) - {i.name for i in inputs})
+        wanted[inputs[0].name] = wanted.pop("").named(inputs[0].name)
+    unknown = sorted(set(wanted) - {i.name for i in inputs})
     if unknown:
         raise UsageError(
             f"--input-shape names {', '.join(unknown)}, which the model does not have.",
             hint=f"Its inputs are: {', '.join(i.name for i in inputs)}.",
         )
-    fixed, origin, still_dynamic = [], {}, []
+    fixed, origin, ranges = [], {}, []
     for spec in inputs:
-        if spec.name in given:
-            shape = given[spec.name]
-            if len(shape) != len(spec.shape) or any(m is not None and m != g for m, g in zip(spec.shape, shape)):
-                raise ModelError(
-                    f"--input-shape {spec.name}={','.join(map(str, shape))} does not fit the model's input "
-                    f"{spec.name} of shape {_fmt(spec.shape)}.",
-                    hint="Keep the model's fixed dims and its rank.",
-                )
-            fixed.append(spec.with_shape(shape))
-            origin[spec.name] = "--input-shape"
+        if spec.name in wanted:
+            shape = wanted[spec.name]
+            _check_fits(spec, shape)
+            fixed.append(spec.with_shape(shape.static()))
+            origin[spec.name] = "--input-shape, range" if shape.is_dynamic else "--input-shape"
+            ranges += [shape] if shape.is_dynamic else []
             continue
-        shape = list(spec.shape)
-        source = "model"
-        if shape and shape[0] is None and batch is not None:
-            shape[0] = batch
-            source = f"model, batch {batch} from the profile"
-        if any(d is None for d in shape):
-            still_dynamic.append(f"{spec.name} {_fmt(spec.shape)}")
-        fixed.append(spec.with_shape(tuple(shape)))
-        origin[spec.name] = source
-    if still_dynamic:
-        raise ModelError(
-            f"{path.name} has dynamic input dims that edgepack will not guess: {'; '.join(still_dynamic)}.",
-            hint=f"Fix them with {_SHAPE_FLAG} (one flag per input).",
-        )
+        dims = list(spec.shape)
+        origin[spec.name] = "model"
+        if dims and dims[0] is None and batch is not None:
+            dims[0] = batch
+            origin[spec.name] = f"model, batch {batch} from the profile"
+        fixed.append(spec.with_shape(tuple(dims)))
+    if any(not spec.is_static for spec in fixed):
+        raise _missing_shapes(inputs, fixed, path)
+    return fixed, origin, tuple(ranges)
+
+
+def fix_shapes(
+    inputs: list[TensorSpec], given: GivenShapes, *, batch: int | None, path: Path
+) -> tuple[list[TensorSpec], dict[str, str]]:
+    """:func:`resolve_shapes` without the ranges: the static specs and where each shape came from."""
+    fixed, origin, _ = resolve_shapes(inputs, given, batch=batch, path=path)
     return fixed, origin
+
+
+def _check_fits(spec: TensorSpec, shape: InputShape) -> None:
+    fits = len(shape.dims) == len(spec.shape) and all(
+        m is None or g == m for m, g in zip(spec.shape, shape.dims)
+    )
+    if not fits:
+        raise ModelError(
+            f"--input-shape {spec.name}={shape.flag().rpartition('=')[2]} does not fit the model's input "
+            f"{spec.name} of shape {_fmt(spec.shape)}.",
+            hint="Keep the model's fixed dims and its rank; only its dynamic (?) dims take a size or a range.",
+        )
+
+
+def _missing_shapes(inputs: Sequence[TensorSpec], fixed: Sequence[TensorSpec], path: Path) -> ModelError:
+    """The error for dims nobody fixed: every input with its known dims, and flags built from the real names."""
+    known = "; ".join(shapes.describe(spec.name, spec.shape) for spec in inputs)
+    needy = [(spec, done) for spec, done in zip(inputs, fixed) if not done.is_static]
+    examples = " ".join(shapes.fill_example(spec.name, done.shape) for spec, done in needy)
+    spec, done = needy[0]
+    ranged = [
+        str(shapes.DimRange(32, 320, 1024)) if d is None and i > 0 else str(d if d is not None else 1)
+        for i, d in enumerate(done.shape)
+    ]
+    hint = f"Give each a shape, e.g. {examples}"
+    if any(d is None for d in done.shape[1:]):
+        hint += (
+            f" (or, for ONNX Runtime, OpenVINO and TensorRT targets, a range (min:opt:max) that stays dynamic: "
+            f"{shapes.FLAG} {shlex.quote(spec.name + '=' + ','.join(ranged))})"
+        )
+    return ModelError(
+        f"{path.name} has dynamic input dims (?) that edgepack will not guess; its inputs are {known}.",
+        hint=hint + ".",
+    )
 
 
 def _is_numpy_dtype(name: str) -> bool:
@@ -414,11 +253,29 @@ def _fix_output_batch(spec: TensorSpec, batch_size: int | None) -> TensorSpec:
 def open_source(
     path: str | Path,
     *,
-    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    input_shapes: GivenShapes | None = None,
     batch: int | None = 1,
     trust_code: bool = False,
 ) -> Artifact:
-    """Open the user's model as the pipeline's first artifact, with every input shape static."""
+    """Open the user's model as the pipeline's first artifact, with every input shape static.
+
+    Args:
+        path: The model file (or SavedModel folder).
+        input_shapes: Per input name (``""`` for a single input) a tuple of ints, an
+            :class:`edgepack.shapes.InputShape` (which may hold ranges), or a sequence of ints and
+            ``(min, opt, max)`` triples; or a sequence of InputShape.
+        batch: The profile's batch size for an unknown first dim of an input given no shape.
+        trust_code: Load Keras models that hold Python code.
+
+    Returns:
+        The source artifact. Its input specs are static (a range's opt shape); ``meta["shape_ranges"]``
+        lists each input given with a range as ``{"name", "min", "opt", "max"}``
+        (:func:`edgepack.shapes.ranges_from_meta` reads it back).
+
+    Raises:
+        ModelError: the model is unreadable or unsafe, or its shapes cannot be fixed.
+        UsageError: a shape names no input of the model.
+    """
     from edgepack import memory
 
     path = Path(path)
@@ -435,8 +292,10 @@ def open_source(
             "or a sequence/map input).",
             hint="Re-export the model with plain tensor inputs.",
         )
-    fixed, origin = fix_shapes(inputs, input_shapes or {}, batch=batch, path=path)
-    needs["validation inputs"] = memory.VALIDATION_SAMPLES * memory.tensor_bytes(fixed)
+    fixed, origin, ranges = resolve_shapes(inputs, input_shapes, batch=batch, path=path)
+    widest = {r.name: r.max() for r in ranges}  # validation also runs at each range's max shape
+    largest = [spec.with_shape(widest[spec.name]) if spec.name in widest else spec for spec in fixed]
+    needs["validation inputs"] = memory.VALIDATION_SAMPLES * memory.tensor_bytes(largest)
     if fmt is ModelFormat.TFLITE:  # its tensor shapes are all in the file: a damaged one can claim gigabytes
         from edgepack.macs import estimate_tflite
 
@@ -449,5 +308,10 @@ def open_source(
         fmt,
         tuple(fixed),
         tuple(outputs),
-        meta={"shape_origin": origin, "trust_code": trust_code, "declared_inputs": [i.to_dict() for i in inputs]},
+        meta={
+            "shape_origin": origin,
+            "shape_ranges": [r.to_dict() for r in ranges],
+            "trust_code": trust_code,
+            "declared_inputs": [i.to_dict() for i in inputs],
+        },
     )

@@ -299,17 +299,19 @@ def validate(
 
     reference = reference or open_session(source, threads=1)
     candidate = open_session(artifact, threads=1, precision=precision)
-    perms = _input_permutations(reference.inputs, candidate.inputs)
+    perms = input_permutations(reference.inputs, candidate.inputs)
     if samples is None:
         feeds, origin = random_samples(reference.inputs, seed=seed, count=count), f"random (seed {seed})"
     else:
         feeds, origin = _check_samples(samples, reference.inputs), "given"
     ref_runs, cand_runs = [], []
+    names = [spec.name for spec in reference.outputs]
+    order = output_order(names, candidate.outputs, artifact.meta.get("source_names") or {})
     for sample in feeds:
         ref_runs.append(reference.run(sample))
-        cand_runs.append(candidate.run([_permute(a, p) for a, p in zip(sample, perms, strict=True)]))
-    names = [spec.name for spec in reference.outputs]
-    metrics = compare_outputs(_gather(ref_runs), _gather(cand_runs), names)
+        outputs = candidate.run([permute(a, p) for a, p in zip(sample, perms, strict=True)])
+        cand_runs.append([size1_moved(outputs[i], r) for i, r in zip(order, ref_runs[-1], strict=False)])
+    metrics = compare_outputs(gather(ref_runs), gather(cand_runs), names)
     failures = check_metrics(metrics, tolerance)
     return ValidationReport(
         outputs=tuple(metrics),
@@ -364,11 +366,11 @@ def _check_samples(samples: list[list[np.ndarray]], specs: Sequence[TensorSpec])
                 f"validation sample {i}: {exc.message}",
                 hint="Give samples of the model's input shapes (with its batch size), in its input order.",
             ) from exc
-        checked.append([np.ascontiguousarray(a, dtype=s.dtype) for s, a in zip(specs, arrays, strict=True)])
+        checked.append([np.require(a, dtype=s.dtype, requirements="C") for s, a in zip(specs, arrays, strict=True)])
     return checked
 
 
-def _input_permutations(source: Sequence[TensorSpec], target: Sequence[TensorSpec]) -> list[tuple[int, ...] | None]:
+def input_permutations(source: Sequence[TensorSpec], target: Sequence[TensorSpec]) -> list[tuple[int, ...] | None]:
     """Per input, None when shapes agree, or the NHWC<->NCHW permutation that maps source onto target."""
     if len(source) != len(target):
         raise ModelError(f"the source has {len(source)} input(s), the artifact {len(target)}; they cannot be compared.")
@@ -393,13 +395,43 @@ def _fits(shape: tuple[int | None, ...], other: tuple[int | None, ...]) -> bool:
     return len(shape) == len(other) and all(a is None or b is None or a == b for a, b in zip(shape, other, strict=True))
 
 
-def _permute(array: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
+def size1_moved(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``candidate`` in ``reference``'s shape when they differ only in where size-1 dims stand.
+
+    onnx2tf sometimes writes an LSTM state ``(2, 1, 128)`` as ``(1, 2, 128)``: the same data, another shape.
+    """
     import numpy as np
 
-    return array if perm is None else np.ascontiguousarray(array.transpose(perm))
+    cand, ref = np.asarray(candidate), np.asarray(reference)
+    squeezed = [d for d in cand.shape if d != 1] == [d for d in ref.shape if d != 1]
+    if cand.shape != ref.shape and cand.size == ref.size and squeezed:
+        return cand.reshape(ref.shape)
+    return cand
 
 
-def _gather(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
+def output_order(
+    reference: Sequence[str], candidate: Sequence[TensorSpec], source_names: Mapping[str, str]
+) -> list[int]:
+    """For each reference output, the index of the candidate output that stands for it.
+
+    Converters may reorder outputs (a .tflite keeps its tensors' order, its signature the names'):
+    ``source_names`` (an artifact's ``meta["source_names"]``: its tensor name -> the source's) pairs
+    them by name; without a full, one-to-one pairing the order is taken as it is.
+    """
+    position = {source_names.get(spec.name, spec.name): i for i, spec in enumerate(candidate)}
+    order = [position.get(name) for name in reference]
+    if len(candidate) != len(reference) or None in order or len(set(order)) != len(order):
+        return list(range(len(candidate)))
+    return [i for i in order if i is not None]
+
+
+def permute(array: np.ndarray, perm: tuple[int, ...] | None) -> np.ndarray:
+    import numpy as np
+
+    return array if perm is None else np.require(array.transpose(perm), requirements="C")
+
+
+def gather(runs: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Per output, all samples with rows along axis 0: [N, ...] samples concatenate, 0-/1-D ones stack."""
     import numpy as np
 

@@ -80,11 +80,11 @@ def _write(dest: Path, files: dict[str, str], *, force: bool = False) -> None:
             (stage / name).write_text(text)
 
 
-def test_writes_complete_folder_and_leaves_only_lock(tmp_path: Path) -> None:
+def test_writes_complete_folder_and_nothing_else(tmp_path: Path) -> None:
     dest = tmp_path / "out" / "bundle"
     _write(dest, {"a.txt": "A", "b.txt": "B"})
     assert sorted(p.name for p in dest.iterdir()) == ["a.txt", "b.txt"]
-    assert sorted(p.name for p in dest.parent.iterdir()) == [".bundle.lock", "bundle"]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["bundle"]  # the lock lives outside OUT
     assert oct(dest.stat().st_mode & 0o777) != oct(0o700)  # umask-based, not mkdtemp's 0o700
 
 

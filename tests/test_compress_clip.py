@@ -13,7 +13,7 @@ from tests.conftest import DIGITS_NPZ
 
 def _kernels(path):
     from edgepack.artifact import ModelFormat
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     model = load_keras(path, ModelFormat.KERAS)
     return {w.path: np.asarray(w) for w in model.weights if w.path.endswith("kernel")}

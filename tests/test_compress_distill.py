@@ -29,7 +29,7 @@ def digits_train(tmp_path_factory):
 
 def _calibration_accuracy(path) -> float:
     from edgepack.artifact import ModelFormat
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     with np.load(DIGITS_NPZ) as data:
         x, y = data["x"], data["y"]
@@ -47,7 +47,7 @@ def _options(**changes):
 def test_half_width_student_reaches_90_percent_of_the_teacher(digits_keras, digits_train, tmp_path):
     from edgepack.artifact import ModelFormat
     from edgepack.compress import distill
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     out = tmp_path / "student.keras"
     report = distill(

@@ -51,7 +51,7 @@ def mlp_path(digits_train, tmp_path_factory):
 
 def _calibration_accuracy(path) -> float:
     from edgepack.artifact import ModelFormat
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     with np.load(DIGITS_NPZ) as data:
         x, y = data["x"], data["y"]
@@ -91,7 +91,7 @@ def _check_equivalent(model, sparsity=0.5):
 def test_structured_dense_100_becomes_50(mlp_path, tmp_path):
     from edgepack.artifact import ModelFormat
     from edgepack.compress import prune
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     out = tmp_path / "pruned.keras"
     report = prune(mlp_path, out=out, sparsity=0.5, structured=True, data=DIGITS_NPZ, epochs=0, latency=False)
@@ -149,7 +149,7 @@ def test_residual_add_branches_are_cut_together():
 def test_structured_cnn_with_batchnorm_and_finetune(digits_keras, digits_train, tmp_path):
     from edgepack.artifact import ModelFormat
     from edgepack.compress import prune
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     out = tmp_path / "pruned.keras"
     lines = []
@@ -222,7 +222,7 @@ def test_unstructured_finetune_keeps_pruned_weights_at_zero(digits_keras, digits
 
 def _kernels(path):
     from edgepack.artifact import ModelFormat
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     model = load_keras(path, ModelFormat.KERAS)
     return {w.path: np.asarray(w) for w in model.weights if w.path.endswith("kernel")}

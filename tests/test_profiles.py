@@ -102,3 +102,33 @@ def test_unknown_step_option_is_refused(tmp_path):
     path = _write(tmp_path, 'extends = "rpi4-arm64"\nname = "x"\n[step_options.simplify]\ntol = "onnxsim"\n')
     with pytest.raises(ProfileError, match="unknown option.*tol.*simplify"):
         load_profile(path)
+
+
+def test_step_options_are_typed_and_suggest_close_names(tmp_path):
+    from edgepack.errors import ProfileError
+    from edgepack.profiles import ConvertSettings, load_profile
+
+    assert load_profile("rpi4-arm64").convert_settings == ConvertSettings()
+    typo = tmp_path / "typo.toml"
+    typo.write_text('extends = "rpi4-arm64"\nname = "typo"\n[step_options.convert]\nselect_tf_op = true\n')
+    with pytest.raises(ProfileError, match="did you mean 'select_tf_ops'"):
+        load_profile(typo)
+    wrong_type = tmp_path / "wrong.toml"
+    wrong_type.write_text('extends = "rpi4-arm64"\nname = "wrong"\n[step_options.simplify]\ntool = "onnxsimm"\n')
+    with pytest.raises(ProfileError, match="step_options.simplify.tool"):
+        load_profile(wrong_type)
+
+
+def test_profile_errors_name_the_file_and_the_close_key(tmp_path):
+    from edgepack.errors import ProfileError
+    from edgepack.profiles import load_profile
+
+    bad_extends = tmp_path / "bad-extends.toml"
+    bad_extends.write_text('extends = "rpi4-arm6"\nname = "x"\n')
+    with pytest.raises(ProfileError, match=r"bad-extends\.toml: extends = 'rpi4-arm6': unknown target"):
+        load_profile(bad_extends)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('extends = "rpi4-arm64"\nname = "x"\n[emulation]\nqemu_cpux = "cortex-a72"\n')
+    expected = r"typo\.toml: unknown key 'emulation.qemu_cpux' \(did you mean 'qemu_cpu'\?\)"
+    with pytest.raises(ProfileError, match=expected):
+        load_profile(typo)

@@ -306,7 +306,7 @@ def test_short_chart_names():
 
 
 def _fp32_manifest() -> dict:
-    """An fp32 manifest after structured pruning, shaped as edgepack.targetrun writes it."""
+    """An fp32 manifest after structured pruning, shaped as the bundle stages write it."""
     stats = {"format": "keras", "eval_samples": 60, "sparsity": 0.0}
     before = {
         **stats,

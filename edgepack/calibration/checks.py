@@ -7,10 +7,14 @@ problem and raise one :class:`~edgepack.errors.DataError`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgepack.artifact import TensorSpec
+
+if TYPE_CHECKING:
+    from edgepack.calibration.sources import Rows
 
 _CHUNK_BYTES = 32 << 20
 
@@ -65,9 +69,11 @@ def needs_range_check(dtype: np.dtype, spec: TensorSpec) -> bool:
     return src.kind in "iu" and dst.kind in "iu" and not np.can_cast(src, dst, "safe")
 
 
-def chunked(label: str, rows: object, stop: int) -> Iterator[tuple[str, np.ndarray]]:
+def chunked(label: str, rows: Rows, stop: int) -> Iterator[tuple[str, np.ndarray]]:
     """``(label, block)`` over the first ``stop`` rows, in blocks of about 32 MiB (never the whole array)."""
-    if hasattr(rows, "chunks"):
+    from edgepack.calibration.sources import FileRows
+
+    if isinstance(rows, FileRows):  # file by file, so a scan names the file
         yield from rows.chunks(stop)
         return
     row_bytes = max(1, int(np.prod(rows.shape[1:], dtype=np.int64)) * np.dtype(rows.dtype).itemsize)

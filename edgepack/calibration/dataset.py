@@ -20,7 +20,7 @@ import numpy as np
 from edgepack.artifact import TensorSpec, sha256_file
 from edgepack.calibration import checks
 from edgepack.calibration.preprocess import Preprocess
-from edgepack.calibration.readers import READERS, Loaded, array_part
+from edgepack.calibration.readers import READERS, Loaded, Part, array_part
 from edgepack.calibration.sources import IMAGE_SUFFIXES, Rows
 from edgepack.errors import DataError, UsageError
 
@@ -292,7 +292,8 @@ def _finish(
     """Run the checks that need every input's rows, then raise one DataError or build the Dataset."""
     problems = loaded.problems
     batch = checks.batch_of(inputs[0])
-    fitting = {}
+    fitting: dict[str, Part] = {}
+    rows: dict[str, Rows] = {}  # the rows of each fitting part
     for spec in inputs:
         part = loaded.parts.get(spec.name)
         if part is None:
@@ -301,7 +302,8 @@ def _finish(
             problems.append(dtype_issue)
         elif part.rows is not None:
             fitting[spec.name] = part
-    counts = {name: part.rows.shape[0] for name, part in fitting.items()}
+            rows[spec.name] = part.rows
+    counts = {name: rows[name].shape[0] for name in fitting}
     if len(set(counts.values())) > 1:
         problems.append("inputs have different sample counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     n_rows = min(counts.values(), default=0)
@@ -312,7 +314,8 @@ def _finish(
     for spec in inputs:
         part = fitting.get(spec.name)
         if part is not None and part.scannable:
-            problems += checks.scan(spec.name, checks.chunked(part.label, part.rows, n_used * batch), spec, part.dtype)
+            blocks = checks.chunked(part.label, rows[spec.name], n_used * batch)
+            problems += checks.scan(spec.name, blocks, spec, part.dtype)
     n_labels = None if loaded.labels is None else (loaded.labels.shape[0] if loaded.labels.ndim else 0)
     if n_labels is not None and n_labels != n_rows and fitting:
         problems.append(f"{n_labels} labels for {n_rows} samples")
@@ -336,5 +339,4 @@ def _finish(
         classes=loaded.classes,
         max_bytes=max_bytes,
     )
-    rows = {name: part.rows for name, part in fitting.items()}
     return Dataset(inputs, rows, labels=loaded.labels, indices=np.arange(n_used), origin=origin)

@@ -132,7 +132,7 @@ class Preprocess(BaseModel):
         Raises:
             DataError: a bad value, naming the flag.
         """
-        given = {"size": size, "layout": layout, "channel_order": channel_order, "scale": scale}
+        given: dict[str, object] = {"size": size, "layout": layout, "channel_order": channel_order, "scale": scale}
         given |= {"mean": mean, "std": std, "dtype": dtype}
         return cls.from_table({k: v for k, v in given.items() if v is not None}, source="command-line flags")
 
@@ -152,8 +152,8 @@ class Preprocess(BaseModel):
             return self.size
         if len(input_shape) != 4:
             return None
-        hw = input_shape[1:3] if self.layout == "NHWC" else input_shape[2:4]
-        return (hw[0], hw[1]) if all(isinstance(d, int) and d > 0 for d in hw) else None
+        h, w = input_shape[1:3] if self.layout == "NHWC" else input_shape[2:4]
+        return (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
 
     def sample_shape(self, size: tuple[int, int]) -> tuple[int, int, int]:
         """Shape of one preprocessed image, without the batch dimension."""
@@ -166,7 +166,7 @@ class Preprocess(BaseModel):
         Returns:
             The sample in ``layout`` (``H x W x C`` or ``C x H x W``) and ``dtype``.
         """
-        x = np.asarray(pixels, dtype=np.float32)
+        x: np.ndarray = np.asarray(pixels, dtype=np.float32)
         if x.ndim == 2:
             x = x[:, :, None]
         if self.channel_order == "BGR":

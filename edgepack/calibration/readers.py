@@ -125,13 +125,16 @@ def read_folder(path: Path, inputs: Sequence[TensorSpec], preprocess: Preprocess
     if not _single_input(inputs, "a folder of .npy files", loaded.problems):
         return loaded
     spec = inputs[0]
-    counts, bad, dtypes, tail = [], [], {}, None
+    counts: list[int] = []
+    bad: list[str] = []
+    dtypes: dict[str, str] = {}
+    tail: tuple[int, ...] | None = None
     for file in found.files:
         header = npy_header(file)
-        rows = checks.row_count(header.shape, spec)
-        counts.append(rows or 0)
+        n_rows = checks.row_count(header.shape, spec)
+        counts.append(n_rows or 0)
         dtypes.setdefault(header.dtype.name, file.name)
-        if rows is None:
+        if n_rows is None:
             bad.append(f"{file.name} {checks.shape_text(header.shape)}")
         elif tail is None:
             tail = header.shape[1:] if len(header.shape) == len(spec.shape) else header.shape

@@ -31,8 +31,11 @@ _NO_PICKLE = "edgepack never loads pickles (they can run code)."
 class Rows(Protocol):
     """An array-like read lazily: ``rows[a:b]`` returns a plain array of rows ``a`` to ``b``."""
 
-    shape: tuple[int, ...]
-    dtype: np.dtype
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
 
     def __getitem__(self, index: slice) -> np.ndarray: ...
 

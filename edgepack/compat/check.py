@@ -176,7 +176,8 @@ def _check_tensorrt(profile: Profile, ops: Mapping[str, int], opset: int | None,
         return found
     table = load_table(f"tensorrt_{version}")
     found.table = table.name
-    found.notes.append(f"TensorRT {version} (JetPack {trt.jetpack}) ONNX parser ops: {table.provenance}")
+    jetpack = trt.jetpack if trt is not None else "?"
+    found.notes.append(f"TensorRT {version} (JetPack {jetpack}) ONNX parser ops: {table.provenance}")
     _lookup(found, ops, table)
     custom = sorted(op for op in found.unsupported if _split(op)[0])
     if custom:
@@ -193,19 +194,38 @@ def _check_onnxruntime(profile: Profile, ops: Mapping[str, int], opset: int | No
         return _not_onnx(found, ops, "ONNX Runtime")
     table = load_table("onnxruntime_cpu")
     found.table = table.name
-    found.notes.append(f"ONNX Runtime CPU kernels {table.provenance}; the device runs {profile.runtime_version}")
+    found.notes.append(f"ONNX Runtime CPU: ops {table.provenance}; the device runs {profile.runtime_version}")
     run_opset = min(opset, profile.target_opset) if opset and profile.target_opset else opset
     for op in ops:
         span = table.opsets.get(op)
-        if span is None and _is_onnx_function(op, run_opset):
+        if op in table.supported or (span is not None and op not in table.unsupported):
+            _past_last_kernel(found, op, span, table.ran_opsets.get(op, ()), run_opset)
+        elif op not in table.unsupported and _is_onnx_function(op, run_opset):
             found.notes.append(f"{op} has no kernel; ONNX Runtime expands its ONNX function body")
-        elif span is None:
+        else:
             found.unsupported.add(op)
-        elif run_opset is not None and not _split(op)[0] and span[1] is not None and run_opset > span[1]:
-            found.unsupported.add(op)
-            found.notes.append(f"{op} has no CPU kernel after opset {span[1]}")
+            if op in table.unsupported:
+                found.notes.append(f"{op}: none of its test models ran in {table.tool}")
+    _wrong_results_notes(found, ops, table)
     _opset_notes(found, ops, opset, profile.target_opset, "the profile")
     return found
+
+
+def _past_last_kernel(
+    found: _Findings, op: str, span: tuple[int, int | None] | None, ran: tuple[int, ...], run_opset: int | None
+) -> None:
+    """An ai.onnx op whose CPU kernels end before the opset it runs at (Upsample after 9) is unsupported."""
+    if run_opset is None or _split(op)[0] or span is None or span[1] is None or run_opset <= span[1]:
+        return
+    if any(o >= run_opset for o in ran):
+        return
+    found.unsupported.add(op)
+    found.notes.append(f"{op} has no CPU kernel after opset {span[1]}")
+
+
+def _wrong_results_notes(found: _Findings, ops: Mapping[str, int], table: OpTable) -> None:
+    for op in sorted(set(ops) & table.wrong_results):
+        found.notes.append(f"{op} ran in {table.tool}, but with outputs other than onnx's test expects")
 
 
 def _is_onnx_function(op: str, opset: int | None) -> bool:
@@ -230,8 +250,11 @@ def _check_openvino(profile: Profile, ops: Mapping[str, int], opset: int | None,
     measured = load_table("openvino_onnx")
     table = merge("openvino_onnx", measured, load_table("openvino_onnx_domains"))
     found.table = table.name
-    found.notes.append(f"OpenVINO ONNX frontend: ai.onnx ops {measured.provenance}; other domains transcribed")
+    found.notes.append(f"OpenVINO CPU: ai.onnx ops {measured.provenance}; other domains transcribed")
     _lookup(found, ops, table)
+    _wrong_results_notes(found, ops, measured)
+    if found.unknown:
+        found.notes.append(f"{', '.join(sorted(found.unknown))}: no test model measured it in {measured.tool}")
     _opset_notes(found, ops, opset, profile.target_opset, "the profile")
     return found
 
@@ -260,15 +283,24 @@ def _check_litert(profile: Profile, ops: Mapping[str, int], _opset: Any, kind: O
 
 
 def _onnx_via_onnx2tf(found: _Findings, ops: Mapping[str, int], runtime_table: OpTable) -> _Findings:
+    """onnx2tf dispatches on the bare op type, so ``com.microsoft.FusedConv`` is looked up as ``FusedConv``."""
     onnx2tf = load_table("onnx2tf")
     found.table = onnx2tf.name
+    bare = {_split(op)[1] for op in onnx2tf.supported}
+    unknown = {_split(op)[1] for op in onnx2tf.unknown}
     for op in ops:
-        if _split(op)[1] not in onnx2tf.supported:
-            found.unsupported.add(op)
+        if _split(op)[1] in bare:
+            continue
+        (found.unknown if _split(op)[1] in unknown else found.unsupported).add(op)
+    tools = onnx2tf.meta.get("tools", [onnx2tf.tool])
     found.notes.append(
-        f"ONNX ops checked against the converters of {onnx2tf.tool}; whether each becomes a builtin of "
-        f"{runtime_table.tool} (not a Flex op) shows only after conversion"
+        f"ONNX ops {onnx2tf.provenance}: a test model of the op converted and ran ({', '.join(tools[:2])}); "
+        f"{runtime_table.tool} on the device may lack a builtin the conversion uses"
     )
+    _wrong_results_notes(found, ops, onnx2tf)
+    if found.unknown:
+        names = ", ".join(sorted(found.unknown))
+        found.notes.append(f"{names}: onnx2tf has a converter, but none of its test models tried converted and ran")
     return found
 
 

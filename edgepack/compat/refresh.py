@@ -1,27 +1,31 @@
 """Regenerate the measured operator tables in ``edgepack/compat/data`` from installed runtimes.
 
-Four tables are measured rather than transcribed: the TFLite builtins a LiteRT
-(or tflite-runtime) interpreter has kernels for, with their op versions; the
-ONNX Runtime CPU kernels; the ONNX ops OpenVINO's ONNX frontend converts; and
-the ONNX ops onnx2tf has a converter for. The TensorRT tables are transcribed
-from NVIDIA's documents and have no generator. Run, for example::
+Five tables are measured rather than transcribed. The TFLite builtins a LiteRT
+(or tflite-runtime) interpreter has kernels for, with their op versions, come
+from loading one-op .tflite models. The ONNX tables (ONNX Runtime CPU, OpenVINO
+CPU, onnx2tf -> LiteRT) come from running onnx's node test models in the
+runtime (:mod:`edgepack.compat.measured`): an op a runtime runs is never listed
+unsupported, whether a kernel, a graph-layer rewrite (Constant, Shape folding,
+If/Loop, sequences) or a function expansion runs it. The TensorRT tables are
+transcribed from NVIDIA's documents and have no generator. Run, for example::
 
     python -m edgepack.compat.refresh litert edgepack/compat/data/litert.toml
+    python -m edgepack.compat.refresh onnx2tf edgepack/compat/data/onnx2tf.toml --per-op 2
 
 The table kinds are the data files' names: litert, tflite_runtime,
 onnxruntime_cpu, onnx2tf, openvino_onnx. ``tflite_runtime`` runs where
 tflite-runtime is installed, with ai-edge-litert's pure-Python flatbuffer
 schema (``ai_edge_litert/schema_py_generated.py``) importable beside it.
+Test cases and per-model results are cached in ``~/.cache/edgepack/compat-measure``
+(``--cache``), so a rerun measures only what is new.
 
-A table records the tool and version it was measured with.
+A table records the tools and versions it was measured with.
 """
 
 from __future__ import annotations
 
 import platform
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -146,58 +150,15 @@ def onnx2tf_ops() -> list[str]:
     return sorted(n for n in names if n[0].isupper() and n != "Input")
 
 
-_OV_PROBE = """
-import sys, onnx, onnx.helper as h
-from openvino.frontend import FrontEndManager
-op, n, opset, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-ins = [h.make_tensor_value_info(f"x{i}", onnx.TensorProto.FLOAT, [1, 3, 4, 4]) for i in range(n)]
-node = h.make_node(op, [v.name for v in ins], ["y"])
-graph = h.make_graph([node], "g", ins, [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
-onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", opset)]), path)
-fe = FrontEndManager().load_by_framework("onnx")
-types = [n.get_type_name() for n in fe.convert_partially(fe.load(path)).get_ordered_ops()]
-print("NO-TRANSLATOR" if "ONNXFrameworkNode" in types else "TRANSLATOR")
-"""
-
-
-def openvino_onnx_ops() -> tuple[list[str], list[str]]:
-    """ai.onnx ops that OpenVINO's ONNX frontend has / lacks a translator for, one subprocess per op.
-
-    ``convert_partially`` turns an op without a translator into an
-    ``ONNXFrameworkNode``; a translator that rejects the probe's made-up
-    inputs raises or crashes instead, which still means it exists.
-    """
-    from onnx import defs
-
-    env = {"CI": "true", "PATH": "/usr/bin:/bin"}
-    have, lack = [], []
-    with tempfile.TemporaryDirectory() as workdir:
-        for schema in sorted((s for s in defs.get_all_schemas() if s.domain == ""), key=lambda s: s.name):
-            args = [schema.name, str(max(1, schema.min_input)), str(max(17, schema.since_version))]
-            cmd = [sys.executable, "-c", _OV_PROBE, *args, str(Path(workdir) / f"{schema.name}.onnx")]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
-            except subprocess.TimeoutExpired:
-                out = ""
-            (lack if "NO-TRANSLATOR" in out else have).append(schema.name)
-    return have, lack
-
-
 _DISTRIBUTION = {
     "litert": "ai-edge-litert",
     "tflite_runtime": "tflite-runtime",
-    "onnxruntime_cpu": "onnxruntime",
-    "onnx2tf": "onnx2tf",
-    "openvino_onnx": "openvino",
 }
 
 
 _METHOD = {
     "litert": "A builtin is listed with the op versions a one-op model of it loads with (a kernel is found).",
     "tflite_runtime": "A builtin is listed with the op versions a one-op model of it loads with (a kernel is found).",
-    "onnxruntime_cpu": "Op -> [first] or [first, last] opset of its CPU kernels (get_all_opkernel_def).",
-    "onnx2tf": "ONNX op types with a converter module in onnx2tf/ops (onnx2tf dispatches on the bare op type).",
-    "openvino_onnx": "ai.onnx ops (onnx's schemas) a one-op model of converts without an ONNXFrameworkNode.",
 }
 
 
@@ -208,32 +169,39 @@ def _tflite(module: str) -> dict[str, Any]:
     return {"versions": tflite_kernels(schema, importlib.import_module(module).Interpreter)}
 
 
-def _openvino() -> dict[str, Any]:
-    have, lack = openvino_onnx_ops()
-    return {"supported": have, "unsupported": lack}
-
-
 _MEASURE: dict[str, Callable[[], dict[str, Any]]] = {
     "litert": lambda: _tflite("ai_edge_litert.interpreter"),
     "tflite_runtime": lambda: _tflite("tflite_runtime.interpreter"),
-    "onnxruntime_cpu": lambda: {"opsets": onnxruntime_cpu_kernels()},
-    "onnx2tf": lambda: {"supported": onnx2tf_ops()},
-    "openvino_onnx": _openvino,
 }
 
 
 def main(argv: list[str]) -> None:
-    """``python -m edgepack.compat.refresh KIND OUT.toml``: measure table KIND and write it to OUT.toml."""
+    """``python -m edgepack.compat.refresh KIND OUT.toml [--per-op N] [--budget-s S] [--cache DIR]``.
+
+    Measures table KIND and writes it to OUT.toml. The ONNX tables (onnxruntime_cpu,
+    openvino_onnx, onnx2tf) run onnx's node test models (:mod:`edgepack.compat.measured`).
+    """
+    import argparse
     from importlib.metadata import version
 
-    kind, out = argv[0], Path(argv[1])
-    if kind not in _MEASURE:
-        raise SystemExit(f"unknown table {kind!r}; known: {', '.join(_MEASURE)}")
-    ops = _MEASURE[kind]()
-    tool = f"{_DISTRIBUTION[kind]} {version(_DISTRIBUTION[kind])}"
-    command = f"python -m edgepack.compat.refresh {kind} {kind}.toml"
-    comments = [f"Measured with {tool} on {platform.machine()} by: {command}", _METHOD[kind]]
-    out.write_text(to_toml(comments, {"table": kind, "measured_with": tool}, ops))
+    from edgepack.compat import measured
+
+    parser = argparse.ArgumentParser(prog="python -m edgepack.compat.refresh")
+    parser.add_argument("kind", choices=[*_MEASURE, *measured.RUNTIME_OF])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--per-op", type=int, default=None, help="test models tried per op (default: all; onnx2tf 2)")
+    parser.add_argument("--budget-s", type=float, default=None, help="stop starting test models after this long")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of test cases and cached results")
+    args = parser.parse_args(argv)
+    if args.kind in measured.RUNTIME_OF:
+        text = measured.table_text(args.kind, per_op=args.per_op, budget_s=args.budget_s, cache=args.cache)
+        args.out.write_text(text)
+        return
+    ops = _MEASURE[args.kind]()
+    tool = f"{_DISTRIBUTION[args.kind]} {version(_DISTRIBUTION[args.kind])}"
+    command = f"python -m edgepack.compat.refresh {args.kind} {args.kind}.toml"
+    comments = [f"Measured with {tool} on {platform.machine()} by: {command}", _METHOD[args.kind]]
+    args.out.write_text(to_toml(comments, {"table": args.kind, "measured_with": tool}, ops))
 
 
 if __name__ == "__main__":

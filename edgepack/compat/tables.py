@@ -5,6 +5,9 @@ and an ``[ops]`` table with any of: ``supported`` / ``unsupported`` /
 ``unknown`` (lists of op names), ``versions`` (TFLite builtin -> [min, max]
 op version with a kernel) and ``opsets`` (ONNX op -> [first] or [first, last]
 opset with a kernel). ONNX ops outside ai.onnx are written ``domain.OpType``.
+The measured ONNX tables (:mod:`edgepack.compat.measured`) add ``wrong_results``
+(ops that ran only with unexpected outputs) and ``ran_opsets`` (op -> opsets of
+the test models that ran).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class OpTable:
     unknown: frozenset[str] = frozenset()
     versions: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     opsets: Mapping[str, tuple[int, int | None]] = field(default_factory=dict)
+    wrong_results: frozenset[str] = frozenset()
+    ran_opsets: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def tool(self) -> str:
@@ -77,6 +82,8 @@ def load_table(name: str) -> OpTable:
         unknown=frozenset(ops.get("unknown", ())),
         versions={k: (int(v[0]), int(v[1])) for k, v in ops.get("versions", {}).items()},
         opsets={k: (int(v[0]), int(v[1]) if len(v) > 1 else None) for k, v in ops.get("opsets", {}).items()},
+        wrong_results=frozenset(ops.get("wrong_results", ())),
+        ran_opsets={k: tuple(int(x) for x in v) for k, v in ops.get("ran_opsets", {}).items()},
     )
 
 
@@ -90,4 +97,6 @@ def merge(name: str, *tables: OpTable) -> OpTable:
         unknown=frozenset().union(*(t.unknown for t in tables)),
         versions={k: v for t in tables for k, v in t.versions.items()},
         opsets={k: v for t in tables for k, v in t.opsets.items()},
+        wrong_results=frozenset().union(*(t.wrong_results for t in tables)),
+        ran_opsets={k: v for t in tables for k, v in t.ran_opsets.items()},
     )

@@ -51,6 +51,7 @@ def magnitude_masks(
     check_amount(threshold, sparsity, scope)
     if threshold is not None:
         return {k: np.abs(w) >= threshold for k, w in weights.items()}
+    assert sparsity is not None  # check_amount: exactly one of threshold and sparsity
     if scope == "layer":
         return {k: _smallest_out(np.abs(w).ravel(), sparsity).reshape(w.shape) for k, w in weights.items()}
     keys = list(weights)

@@ -20,7 +20,7 @@ import numpy as np
 from edgepack.compress import flow
 from edgepack.compress.graph import analyze
 from edgepack.compress.measure import keras_layers
-from edgepack.compress.model_io import copy_keras, keras_predict, keras_save, require_keras
+from edgepack.compress.model_io import Samples, copy_keras, keras_predict, keras_save, require_keras
 from edgepack.compress.prune_structured import build, rebuild_config
 from edgepack.compress.report import CompressionReport, LayerChange
 from edgepack.compress.train import FitOptions, Progress, fit
@@ -71,7 +71,8 @@ def _student(teacher: Any, student: str | Path | Any, seed: int, trust_code: boo
     if not isinstance(student, str | Path):
         return student, {"student": "model"}
     if Path(student).is_file():
-        from edgepack.source import detect_format, load_keras
+        from edgepack.modelio import load_keras
+        from edgepack.source import detect_format
 
         return load_keras(student, detect_format(student), trust_code=trust_code), {"student": str(student)}
     spec = parse_spec(str(student))
@@ -79,8 +80,8 @@ def _student(teacher: Any, student: str | Path | Any, seed: int, trust_code: boo
     return model, {"student": str(student), **spec}
 
 
-def _check_fits(teacher_out: np.ndarray, student: Any, base: flow.Baseline) -> None:
-    probe = replace(base.train, x=tuple(a[:2] for a in base.train.x), labels=None)
+def _check_fits(teacher_out: np.ndarray, student: Any, train: Samples) -> None:
+    probe = replace(train, x=tuple(a[:2] for a in train.x), labels=None)
     shape = keras_predict(student, probe).shape[1:]
     if shape != teacher_out.shape[1:]:
         raise ModelError(
@@ -151,12 +152,11 @@ def distill(
     base, out = flow.start(teacher, out, data=data, force=force, trust_code=trust_code, holdout=holdout)
     require_keras(base.artifact, "distillation")
     model, how = _student(base.model, student, seed, trust_code)
-    train_ref = keras_predict(base.model, base.train)
-    _check_fits(train_ref, model, base)
+    train, held, held_ref = base.split()
+    train_ref = keras_predict(base.model, train)
+    _check_fits(train_ref, model, train)
     options = replace(options, seed=seed)
-    training = fit(
-        model, base.train, train_ref, val=base.eval, val_ref=base.reference, options=options, progress=progress
-    )
+    training = fit(model, train, train_ref, val=held, val_ref=held_ref, options=options, progress=progress)
     model = copy_keras(model)  # uncompiled: no optimizer state or loss in the file
     keras_save(model, out)
     settings = {**how, "temperature": options.temperature, "alpha": options.alpha, "epochs": options.epochs}

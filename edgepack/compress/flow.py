@@ -58,6 +58,19 @@ class Baseline:
     def is_keras(self) -> bool:
         return self.artifact.format in KERAS_FORMATS
 
+    def split(self) -> tuple[Samples, Samples, np.ndarray]:
+        """The training samples, the held-out ones and the original's outputs on the held-out ones.
+
+        Raises:
+            UsageError: the data was not split (no data, or no held-out share).
+        """
+        if self.train is None or self.eval is None or self.reference is None:
+            raise UsageError(
+                "training needs data split into training and held-out samples.",
+                hint="Pass --data and a held-out share above 0.",
+            )
+        return self.train, self.eval, self.reference
+
 
 def outputs_of(model: Any, artifact: Artifact, samples: Samples) -> np.ndarray:
     """First output on ``samples``: the Keras model when given, else the artifact in its runtime."""

@@ -119,7 +119,7 @@ def model_nodes(model: Any) -> list[Node]:
         )
     config = model.get_config()
     if cls == "Sequential":
-        nodes, previous = [], ()
+        nodes, previous = [], tuple[str, ...]()
         for layer in config["layers"]:
             name = layer["config"]["name"]
             nodes.append(Node(name, layer["class_name"], layer["config"], previous))

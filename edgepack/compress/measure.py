@@ -132,7 +132,10 @@ def model_stats(
         params, nonzero, macs = onnx_params_macs(path)
     else:
         (params, nonzero), macs = keras_params(model), keras_macs(model)
-    scored = outputs is not None and samples is not None
+    accuracy = agree = None
+    if outputs is not None and samples is not None:
+        accuracy = top1(outputs, samples.labels)
+        agree = agreement(outputs, reference) if reference is not None else None
     return ModelStats(
         format=fmt.value,
         file_bytes=path.stat().st_size,
@@ -140,22 +143,24 @@ def model_stats(
         params=params,
         nonzero_params=nonzero,
         macs=macs,
-        accuracy=top1(outputs, samples.labels) if scored else None,
-        agreement=agreement(outputs, reference) if scored and reference is not None else None,
-        eval_samples=len(samples) if scored else 0,
+        accuracy=accuracy,
+        agreement=agree,
+        eval_samples=len(samples) if outputs is not None and samples is not None else 0,
     )
 
 
 def _feeds(artifact: Artifact) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.random(spec.shape, dtype=np.float32).astype(spec.dtype) for spec in artifact.inputs]
+    # The artifacts timed here have static inputs; a dynamic dim (None) would be timed at 1.
+    shapes = [tuple(1 if d is None else d for d in spec.shape) for spec in artifact.inputs]
+    return [rng.random(shape, dtype=np.float32).astype(spec.dtype) for shape, spec in zip(shapes, artifact.inputs)]
 
 
 def _tflite_of(model: Any, artifact: Artifact, workdir: Path, name: str) -> Artifact:
     """Export a Keras model to an fp32 ``.tflite`` (batch 1) for timing."""
-    from edgepack.convert._common import run_tool
     from edgepack.convert.keras_tflite import fixed_keras_model
     from edgepack.deps import require
+    from edgepack.tools import run_tool
 
     tf = require("tensorflow")
 
@@ -176,7 +181,7 @@ def host_latency(pairs: list[tuple[Artifact, Any]], workdir: Path) -> tuple[str,
     """
     from edgepack.runtimes import benchmark, open_session
 
-    runtime, medians = "", []
+    runtime, medians = "", list[float]()
     for i, (artifact, model) in enumerate(pairs):
         timed = _tflite_of(model, artifact, workdir, f"model{i}") if model is not None else artifact
         session = open_session(timed, threads=1)

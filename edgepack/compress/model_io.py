@@ -88,7 +88,7 @@ def open_model(path: str | Path, *, trust_code: bool = False) -> Artifact:
 
 def load_keras_model(artifact: Artifact) -> Any:
     """Load a Keras artifact in safe mode."""
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     return load_keras(artifact.path, artifact.format, trust_code=bool(artifact.meta.get("trust_code")))
 
@@ -121,7 +121,7 @@ def to_samples(dataset: Dataset) -> Samples:
 
 def keras_save(model: Any, dest: Path) -> Path:
     """Save a Keras model to ``dest`` atomically (a temporary file beside it, then ``os.replace``)."""
-    from edgepack.convert._common import quiet
+    from edgepack.tools import quiet
 
     tmp = dest.parent / f".{dest.stem}.tmp-{secrets.token_hex(4)}{dest.suffix}"
     try:

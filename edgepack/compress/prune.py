@@ -90,9 +90,9 @@ def prune(
     if masks is not None:
         layers = keras_changes(pruned, list(masks))
     keras_save(pruned, out)
-    settings = {"sparsity": sparsity, "structured": structured, "epochs": epochs if tune else 0}
+    settings: dict[str, Any] = {"sparsity": sparsity, "structured": structured, "epochs": epochs if tune else 0}
     settings.update({"exclude": list(exclude)} if structured else {"scope": scope})
-    notes = () if tune or data is None else ("epochs=0: no fine-tune",)
+    notes: tuple[str, ...] = () if tune or data is None else ("epochs=0: no fine-tune",)
     if structured and all(c.params_after == c.params_before for c in layers):
         notes += ("nothing was cut: every channel group is fixed (model inputs/outputs, excluded or nested layers)",)
     return flow.finish(
@@ -112,13 +112,14 @@ def _finetune(
     base: flow.Baseline, pruned: Any, options: FitOptions, masks: Any, progress: Progress | None
 ) -> TrainingSummary:
     """Fine-tune ``pruned`` in place against the original's outputs (and labels), masks held."""
-    train_ref = keras_predict(base.model, base.train)
+    train, held, held_ref = base.split()
+    train_ref = keras_predict(base.model, train)
     return fit(
         pruned,
-        base.train,
+        train,
         train_ref,
-        val=base.eval,
-        val_ref=base.reference,
+        val=held,
+        val_ref=held_ref,
         options=options,
         masks=masks,
         progress=progress,

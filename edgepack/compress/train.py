@@ -106,7 +106,9 @@ def kd_loss(classes: int, temperature: float, alpha: float, model_probs: bool) -
     return loss
 
 
-def _callbacks(model: Any, masks: Mapping[Any, np.ndarray], patience: int, epochs: int, progress: Progress | None):
+def _callbacks(
+    model: Any, masks: Mapping[Any, np.ndarray], patience: int, epochs: int, progress: Progress | None
+) -> Any:
     """One Keras callback doing masking, early stopping with best-weights restore, and progress."""
     from edgepack.compress.measure import keras_layers
 
@@ -114,17 +116,17 @@ def _callbacks(model: Any, masks: Mapping[Any, np.ndarray], patience: int, epoch
     layers = {layer.name: layer for layer in keras_layers(model)}
     variables = [(layers[name].weights[i], mask.astype(np.float32)) for (name, i), mask in masks.items()]
 
-    class Guard(keras.callbacks.Callback):
+    callback: Any = keras.callbacks.Callback  # untyped: the model's own Keras (keras or tf_keras)
+
+    class Guard(callback):
         def __init__(self) -> None:
             super().__init__()
-            self.best, self.best_epoch, self.best_weights, self.wait, self.stopped, self.runs = (
-                math.inf,
-                None,
-                None,
-                0,
-                False,
-                0,
-            )
+            self.best = math.inf
+            self.best_epoch: int | None = None
+            self.best_weights: list[Any] | None = None
+            self.wait = 0
+            self.stopped = False
+            self.runs = 0
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             for variable, mask in variables:
@@ -205,8 +207,9 @@ def fit(
     )
     guard = _callbacks(model, masks or {}, options.patience if val is not None else 0, options.epochs, progress)
     data = _dataset(train, _targets(ref_logits, labels, options.temperature), options.batch_size, options.seed)
-    val_data = None
+    val_data, n_val = None, 0
     if val is not None and val_ref is not None:
+        n_val = len(val)
         val_labels = val.labels if labels is not None else None
         val_targets = _targets(as_logits(val_ref)[0], val_labels, options.temperature)
         val_data = _dataset(val, val_targets, options.batch_size, None)
@@ -220,7 +223,7 @@ def fit(
         best_epoch=guard.best_epoch,
         stopped_early=guard.stopped,
         train_samples=len(train),
-        val_samples=len(val) if val_data is not None else 0,
+        val_samples=n_val,
         labels=labels is not None,
         temperature=options.temperature,
         alpha=alpha,

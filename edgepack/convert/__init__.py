@@ -15,6 +15,7 @@ from pathlib import Path
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.convert import keras_tflite, onnx_fix, onnx_openvino, onnx_tflite, tf_onnx
 from edgepack.errors import UsageError
+from edgepack.shapes import InputShape
 
 __all__ = ["ConvertOptions", "convert", "convert_once", "route"]
 
@@ -32,6 +33,8 @@ class ConvertOptions:
         compress_to_fp16: store OpenVINO IR weights in fp16.
         select_tf_ops: let TFLiteConverter fall back to TensorFlow ops (needs the Flex delegate).
         trust_code: load Keras models that hold Python code (Lambda layers).
+        shape_ranges: inputs whose dims stay dynamic (min/opt/max), for a runtime that runs dynamic shapes;
+            empty: every dim is fixed at the source's static (opt) shape.
     """
 
     opset: int | None = None
@@ -39,6 +42,7 @@ class ConvertOptions:
     compress_to_fp16: bool = False
     select_tf_ops: bool = False
     trust_code: bool = False
+    shape_ranges: tuple[InputShape, ...] = ()
 
     def __post_init__(self) -> None:
         precision = getattr(self.precision, "value", self.precision)

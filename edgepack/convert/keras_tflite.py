@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.artifact import Artifact, ModelFormat, TensorSpec
-from edgepack.convert._common import describe, first_line, fresh_dir, read_specs, run_tool, tool_meta
 from edgepack.deps import require
 from edgepack.errors import ModelError
+from edgepack.modelio import describe, read_specs
+from edgepack.tools import first_line, fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
     from edgepack.convert import ConvertOptions
@@ -28,7 +29,7 @@ ConfigureConverter = Callable[[Any], None]
 
 def load_model(src: Artifact, *, trust_code: bool) -> Any:
     """Load a .keras/.h5 source the safe way (``edgepack.source.load_keras``)."""
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     return load_keras(src.path, src.format, trust_code=trust_code)
 
@@ -38,9 +39,7 @@ def fixed_keras_model(model: Any, inputs: tuple[TensorSpec, ...]) -> Any:
     keras = require("tf_keras") if type(model).__module__.startswith("tf_keras") else require("keras")
     specs = {spec.name: spec for spec in inputs}
     names = [_keras_name(t, i) for i, t in enumerate(model.inputs)]
-    ordered = [specs.get(name) for name in names]
-    if None in ordered:
-        ordered = list(inputs)
+    ordered = [specs[name] for name in names] if all(name in specs for name in names) else list(inputs)
     layers = [keras.Input(batch_shape=s.shape, dtype=s.dtype, name=n) for s, n in zip(ordered, names, strict=True)]
     outputs = model(layers[0] if len(layers) == 1 else layers)
     # A fixed name: Keras numbers auto-named models per process, which would leak into the .tflite's tensor names
@@ -76,7 +75,7 @@ def savedmodel_function(src: Artifact) -> tuple[Any, list[Any], Any]:
     return tf.function(serve, input_signature=signature), signature, loaded
 
 
-def _fixed_savedmodel(src: Artifact, folder: Path) -> Path:
+def fixed_savedmodel(src: Artifact, folder: Path) -> Path:
     tf = require("tensorflow")
     function, _, loaded = savedmodel_function(src)
     module = tf.Module()
@@ -88,7 +87,7 @@ def _fixed_savedmodel(src: Artifact, folder: Path) -> Path:
 def _converter(src: Artifact, workdir: Path, options: ConvertOptions) -> Any:
     tf = require("tensorflow")
     if src.format is ModelFormat.SAVEDMODEL:
-        return tf.lite.TFLiteConverter.from_saved_model(str(_fixed_savedmodel(src, workdir / "fixed_savedmodel")))
+        return tf.lite.TFLiteConverter.from_saved_model(str(fixed_savedmodel(src, workdir / "fixed_savedmodel")))
     model = fixed_keras_model(load_model(src, trust_code=options.trust_code), src.inputs)
     return tf.lite.TFLiteConverter.from_keras_model(model)
 

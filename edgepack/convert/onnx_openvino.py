@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.artifact import Artifact, ModelFormat, TensorSpec, guess_layout
-from edgepack.convert._common import describe, fresh_dir, run_tool, tool_meta
 from edgepack.deps import require
+from edgepack.modelio import describe
+from edgepack.shapes import openvino_shape
+from edgepack.tools import fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
     from edgepack.convert import ConvertOptions
@@ -89,7 +91,11 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
     workdir = fresh_dir(workdir)
     started = time.perf_counter()
     xml = workdir / "model.xml"
-    shapes = [(spec.name, list(spec.shape)) for spec in src.inputs]
+    ranges = {r.name: r for r in options.shape_ranges}  # dims that stay dynamic: bounded by the ranges
+    shapes = [
+        (spec.name, ov.PartialShape(openvino_shape(ranges[spec.name])) if spec.name in ranges else list(spec.shape))
+        for spec in src.inputs
+    ]
 
     def build() -> None:
         model = ov.convert_model(str(src.path), input=shapes)
@@ -107,4 +113,9 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
         seconds=round(time.perf_counter() - started, 3),
     )
     files = (xml, xml.with_suffix(".bin"))
-    return describe(src, xml, ModelFormat.OPENVINO, read_openvino_io(xml), meta=meta, files=files)
+    specs_in, specs_out = read_openvino_io(xml)
+    if ranges:  # the IR's ranged dims are dynamic; the artifact's specs are the static (opt) shapes
+        static = {spec.name: spec.shape for spec in src.inputs}
+        specs_in = [s.with_shape(static[s.name]) if s.name in static else s for s in specs_in]
+        meta["shape_ranges"] = [r.to_dict() for r in options.shape_ranges]
+    return describe(src, xml, ModelFormat.OPENVINO, (specs_in, specs_out), meta=meta, files=files)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.artifact import Artifact, ModelFormat
-from edgepack.convert._common import describe, fresh_dir, read_specs, run_tool, tool_meta
 from edgepack.convert.keras_tflite import load_model, savedmodel_function
 from edgepack.deps import require
+from edgepack.modelio import describe, read_specs
+from edgepack.tools import fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
     from edgepack.convert import ConvertOptions
@@ -87,7 +88,8 @@ _SUFFIX = re.compile(r"__(\d+)")
 def reset_names() -> None:
     """tf2onnx numbers generated node names with a process-wide counter; reset it so that converting the same
     model twice in one process gives byte-identical files (reproducible bundles)."""
-    require("tf2onnx.utils").INTERNAL_NAME = 1
+    utils: Any = require("tf2onnx.utils")  # the counter is not in the module's declared attributes
+    utils.INTERNAL_NAME = 1
 
 
 def _from_savedmodel(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
@@ -138,6 +140,6 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
         hint="Try another opset (the profile's 'opset'), or convert the model to ONNX yourself and package the .onnx.",
     )
     canonical_names(path)
-    extra = {"opset_requested": wanted} if wanted != opset else {}
+    extra: dict[str, Any] = {"opset_requested": wanted} if wanted != opset else {}
     meta = tool_meta("tf2onnx", opset=opset, precision="fp32", seconds=round(time.perf_counter() - started, 3), **extra)
     return describe(src, path, ModelFormat.ONNX, read_specs(path, ModelFormat.ONNX), meta=meta)

@@ -13,62 +13,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from edgepack.emulator.base import RUN_SCRIPT, Runner, RunResult, int_arg, runs_from_args
 from edgepack.errors import DeviceCheckError, UsageError
 
-RUN_SCRIPT = "run.py"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What one run of a bundle's runner produced.
-
-    Attributes:
-        returncode: Exit status of the runner.
-        stdout: Its standard output.
-        stderr: Its standard error.
-        wall_s: Wall time of the whole process (start-up and imports included), seconds.
-        instructions: Guest instructions per inference inside the timed loop, or None if not counted.
-        instructions_total: Instructions of the whole timed loop (all runs), or None.
-        note: Why ``instructions`` is None when counting was asked for, else "".
-        runner: Name of the backend that ran it.
-    """
-
-    returncode: int
-    stdout: str
-    stderr: str
-    wall_s: float
-    instructions: int | None = None
-    instructions_total: int | None = None
-    note: str = ""
-    runner: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-
-class Runner(Protocol):
-    """Runs ``run.py`` of a bundle folder with ``args`` (host paths) and extra environment ``env``."""
-
-    name: str
-
-    def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult: ...
-
-
-def runs_from_args(args: list[str]) -> int:
-    """The ``--runs N`` given to run.py (1, its default, when absent)."""
-    for i, arg in enumerate(args):
-        value = args[i + 1] if arg == "--runs" and i + 1 < len(args) else arg.partition("=")[2]
-        if arg == "--runs" or arg.startswith("--runs="):
-            try:
-                return max(1, int(value))
-            except ValueError:
-                return 1
-    return 1
+__all__ = [
+    "RUN_SCRIPT",
+    "RUNNERS",
+    "LocalRunner",
+    "QemuRunner",
+    "RunResult",
+    "Runner",
+    "get_runner",
+    "int_arg",
+    "parse_runner",
+    "runs_from_args",
+]
 
 
 class LocalRunner:
@@ -121,7 +83,7 @@ class QemuRunner:
     ) -> None:
         self.profile, self.progress, self.root = profile, progress, root
         self.count_instructions, self.timeout_s = count_instructions, timeout_s
-        self._env = None
+        self._env: Any = None
 
     def setup(self) -> Any:
         """Build or find the guest environment (:class:`edgepack.emulator.qemu.EmuEnv`)."""
@@ -130,6 +92,20 @@ class QemuRunner:
         if self._env is None:
             self._env = qemu.setup(self.profile, progress=self.progress, root=self.root)
         return self._env
+
+    def identity(self) -> dict[str, Any]:
+        """What decides this runner's results besides the bundle and inputs: guest, qemu, plugin and ``-cpu``."""
+        from edgepack.emulator import plugin
+
+        env = self.setup()
+        return {
+            "env": env.path.name,
+            "qemu": env.qemu.path.name,
+            "plugin": plugin.source_digest() if self.count_instructions else None,
+            "cpu": self.profile.emulation.qemu_cpu,
+            "arch": self.profile.emulation.qemu_arch,
+            "cores": os.cpu_count(),  # the guest sees them (see guest.cpu_view)
+        }
 
     def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult:
         from edgepack.emulator import qemu

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgepack.emulator import RunResult
+from edgepack.emulator.base import RunResult
 from edgepack.errors import DeviceCheckError, UsageError
 
 NO_ENGINE = "no Docker engine is running; use --runner qemu (default) or start Docker"
@@ -273,7 +273,7 @@ def dockerfile_path(family: str) -> Path:
 
 def default_tag(family: str, platform: str) -> str:
     """``edgepack/<family>:<platform>-<digest>``: a changed Dockerfile gets a new tag, so it is rebuilt."""
-    from edgepack import __version__
+    from edgepack.version import __version__
 
     digest = hashlib.sha256(dockerfile_path(family).read_bytes()).hexdigest()[:12]
     return f"edgepack/{family}:{__version__}-{platform.replace('/', '-')}-{digest}"

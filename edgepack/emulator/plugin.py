@@ -87,8 +87,9 @@ def _fetch_header(apt: AptState, dest: Path, wanted: str) -> Path | str:
         header.parent.mkdir(parents=True, exist_ok=True)
         with tarfile.open(orig, "r|*") as tar:  # a stream: read once, stop at the header
             for member in tar:
-                if member.isfile() and member.name.endswith("/" + HEADER):
-                    header.write_bytes(tar.extractfile(member).read())
+                data = tar.extractfile(member) if member.isfile() and member.name.endswith("/" + HEADER) else None
+                if data is not None:
+                    header.write_bytes(data.read())
                     return header
         return f"{orig.name} has no {HEADER}"
     finally:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgepack.emulator import RunResult, cache, debian, guest, runs_from_args
+from edgepack.emulator import cache, debian, guest
 from edgepack.emulator import plugin as edgecount
+from edgepack.emulator.base import RunResult, int_arg, runs_from_args
 from edgepack.errors import DeviceCheckError, EdgepackError, UsageError
 
 TOOLS_RELEASE = "bookworm"  # qemu 7.2: its dynamic qemu-user loads plugins
@@ -271,10 +272,14 @@ def run(
     Args:
         env: From :func:`setup`.
         profile: The profile (``emulation.qemu_arch`` and ``qemu_cpu`` are used).
-        script: The script; it runs with its folder as the working directory.
-        args: Its arguments; host paths work in the guest (qemu falls back to the host filesystem).
+        script: The script. Its folder is copied (hard links where possible) into a fresh
+            ``/tmp/edgepack-qemu-XXXXXXXX`` folder and run there, with ``--input/--output/--report``
+            files staged beside it and ``HOME``/``TMPDIR`` pointing there: every run sees paths and an
+            environment of the same length, whatever the caller's folders are called.
+        args: Its arguments; other host paths work in the guest (qemu falls back to the host filesystem).
         count_instructions: Count guest instructions between the script's ROI markers
-            (``EDGEPACK_COUNT=1`` is set for it). ``instructions`` is per run (``--runs`` in ``args``).
+            (``EDGEPACK_COUNT=1`` is set for it). ``instructions`` is per inference of the ``--count``
+            block in ``args`` (see :func:`counted_total`).
         extra_env: More environment variables for the guest.
         timeout_s: Kill the run after this long.
 
@@ -283,10 +288,13 @@ def run(
     """
     em = profile.emulation
     view = guest.cpu_view(env.path, em.qemu_arch, em.qemu_cpu)
-    guest_env = guest.environment(view, extra_env)
     note = ""
-    with tempfile.TemporaryDirectory(prefix="edgepack-qemu-") as tmp:
-        counts = Path(tmp) / "counts.json"
+    with tempfile.TemporaryDirectory(prefix="edgepack-qemu-", dir=_run_parent()) as tmp:
+        work = Path(tmp)
+        staged, script = _stage(work, script, args)
+        # The guest's layout (environment, paths) is the same for every run: the count depends on it.
+        guest_env = guest.environment(view, {**(extra_env or {}), "HOME": str(work), "TMPDIR": str(work), "TZ": "UTC"})
+        counts = work / "counts.json"
         plugin_args: list[str] = []
         if count_instructions:
             note = _plugin_problem(env.qemu, counts)
@@ -294,16 +302,57 @@ def run(
                 plugin_args = ["-plugin", f"{env.qemu.plugin},out={counts}"]
                 guest_env["EDGEPACK_COUNT"] = "1"
         base = [*env.qemu.command(em.qemu_arch), "-cpu", em.qemu_cpu, "-L", str(view)]
-        tail = [str(view / env.stamp["python"].lstrip("/")), str(script), *args]
+        tail = [str(view / env.stamp["python"].lstrip("/")), str(script), *staged.args]
         rc, out, err, wall = _exec([*base, *plugin_args, *tail], script.parent, guest_env, timeout_s)
         if plugin_args and rc != 0 and "plugin" in err.lower():
             note = "qemu could not load the counting plugin: " + " ".join(err.split())[-200:]
             rc, out, err, wall = _exec([*base, *tail], script.parent, guest_env, timeout_s)
-        total, more = _read_counts(counts) if plugin_args and not note else (None, "")
+        regions, more = _read_counts(counts) if plugin_args and not note else (None, "")
+        for name, host in staged.downloads:
+            if (work / "io" / name).is_file():
+                shutil.copyfile(work / "io" / name, host)
     note = note or more
-    runs = runs_from_args(args)
-    per_run = round(total / runs) if total is not None else None
+    total, inferences = counted_total(regions, args)
+    per_run = round(total / inferences) if total is not None else None
     return RunResult(rc, out, err, wall, per_run, instructions_total=total, note=note, runner="qemu-user")
+
+
+def _run_parent() -> str | None:
+    """``/tmp`` where it is writable, so that the guest's paths have the same length on every machine."""
+    return "/tmp" if os.access("/tmp", os.W_OK) else None
+
+
+def _stage(work: Path, script: Path, args: list[str]) -> tuple[Any, Path]:
+    """Copy the script's folder (hard links where possible) and its I/O files into ``work``."""
+    from edgepack.emulator.docker import stage_io
+
+    staged = stage_io(args, str(work / "io"))
+    (work / "io").mkdir()
+    for host, name in staged.uploads:
+        shutil.copyfile(host, work / "io" / name)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(script.parent, work / "b", copy_function=link, ignore=shutil.ignore_patterns("__pycache__"))
+    return staged, work / "b" / script.name
+
+
+def counted_total(regions: list[int] | None, args: list[str]) -> tuple[int | None, int]:
+    """Instructions of the counted inferences and how many there were, from the plugin's per-region counts.
+
+    run.py given ``--count N`` marks an empty region (the markers' own cost) and then the block of N
+    invoke calls: the count is their difference. An older run.py marks one region around ``--runs``.
+    """
+    count = int_arg(args, "--count", 0)
+    if regions is None:
+        return None, max(1, count or runs_from_args(args))
+    if count > 0 and len(regions) >= 2:
+        return regions[-1] - regions[0], count
+    return sum(regions), runs_from_args(args)
 
 
 def _plugin_problem(tool: QemuTool, counts: Path) -> str:
@@ -314,25 +363,50 @@ def _plugin_problem(tool: QemuTool, counts: Path) -> str:
     return ""
 
 
+ADDR_NO_RANDOMIZE = 0x0040000  # personality(2) flag, as ``setarch -R`` sets it
+
+
+def _no_aslr() -> None:
+    """Run qemu without address randomisation: where qemu maps the guest's libraries and heap then repeats.
+
+    Code whose path depends on addresses (hash tables seeded by an address, as Abseil's in ONNX
+    Runtime are; alignment prologues) otherwise executes a different number of instructions each run.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = libc.personality(0xFFFFFFFF)
+    if current != -1:
+        libc.personality(current | ADDR_NO_RANDOMIZE)
+
+
 def _exec(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -> tuple[int, str, str, float]:
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+            cmd,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_no_aslr if platform.system() == "Linux" else None,  # noqa: PLW1509 - only personality(2)
         )
     except subprocess.TimeoutExpired as exc:
         raise DeviceCheckError(
             f"the emulated run took over {timeout_s:.0f} s and was stopped.",
-            hint="Emulation is 20-400x slower than the host: use fewer --runs or a smaller model.",
+            hint="Emulated inference is 20-400x slower than the host: lower [emulation] runs/warmup, "
+            "or check on the device with --runner ssh://user@host.",
         ) from exc
     return proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start
 
 
-def _read_counts(path: Path) -> tuple[int | None, str]:
+def _read_counts(path: Path) -> tuple[list[int] | None, str]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None, "the counting plugin wrote no result (did the guest exit normally?)"
     if not data.get("regions"):
         return None, "the script marked no region of interest (syscalls 0x4ED0/0x4ED1)"
-    return int(data["roi_insns"]), ""
+    return [int(n) for n in data.get("region_insns") or [data["roi_insns"]]], ""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgepack.emulator import RUN_SCRIPT, RunResult
+from edgepack.emulator.base import RUN_SCRIPT, RunResult
 from edgepack.emulator.docker import stage_io
 from edgepack.errors import DeviceCheckError, UsageError
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgepack.artifact import ModelFormat
 from edgepack.errors import AccuracyError, ConversionError, EdgepackError, UsageError
-from edgepack.profiles import Precision, Profile, Runtime, Step
+from edgepack.profiles import Precision, Profile, Runtime
 
 if TYPE_CHECKING:
     from edgepack.artifact import Artifact
@@ -99,7 +99,7 @@ class QuantOptions:
             io=q.io,
             samples=q.samples,
             trust_code=trust_code,
-            select_tf_ops=bool(profile.options(Step.CONVERT).get("select_tf_ops", False)),
+            select_tf_ops=profile.convert_settings.select_tf_ops,
         )
 
     def excluding(self, names: tuple[str, ...]) -> QuantOptions:

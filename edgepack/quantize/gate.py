@@ -172,6 +172,7 @@ class Reference:
         inputs: The source's input specs (for layout permutations).
         feeds: The held-out samples, each a list of arrays in input order.
         labels: Labels flattened to one per output row, or None.
+        sample_outputs: The first sample's outputs (their per-sample shapes align a candidate's).
     """
 
     names: tuple[str, ...]
@@ -179,12 +180,13 @@ class Reference:
     inputs: tuple[TensorSpec, ...]
     feeds: tuple[tuple[np.ndarray, ...], ...]
     labels: np.ndarray | None
+    sample_outputs: tuple[np.ndarray, ...] = ()
 
 
 def reference_outputs(source: Artifact, heldout: Dataset) -> Reference:
     """Run the float ``source`` once over ``heldout``."""
     from edgepack.runtimes import open_session
-    from edgepack.validate import _gather
+    from edgepack.validate import gather
 
     session = open_session(source, threads=1)
     feeds = tuple(tuple(sample) for sample in heldout.as_lists())
@@ -192,22 +194,28 @@ def reference_outputs(source: Artifact, heldout: Dataset) -> Reference:
     labels = heldout.labels
     return Reference(
         names=tuple(spec.name for spec in session.outputs),
-        outputs=tuple(_gather(runs)),
+        outputs=tuple(gather(runs)),
         inputs=tuple(session.inputs),
         feeds=feeds,
         labels=None if labels is None else labels.reshape(-1),
+        sample_outputs=tuple(runs[0]) if runs else (),
     )
 
 
 def evaluate(reference: Reference, artifact: Artifact, accuracy: Accuracy) -> GateReport:
     """Run ``artifact`` (one thread) on the reference's samples and judge it."""
     from edgepack.runtimes import open_session
-    from edgepack.validate import _gather, _input_permutations, _permute
+    from edgepack.validate import gather, input_permutations, output_order, permute, size1_moved
 
     session = open_session(artifact, threads=1)
-    perms = _input_permutations(reference.inputs, session.inputs)
-    runs = [session.run([_permute(a, p) for a, p in zip(sample, perms, strict=True)]) for sample in reference.feeds]
-    return judge(reference.names, reference.outputs, _gather(runs), reference.labels, accuracy)
+    perms = input_permutations(reference.inputs, session.inputs)
+    order = output_order(reference.names, session.outputs, artifact.meta.get("source_names") or {})
+    runs = []
+    for sample in reference.feeds:
+        outputs = session.run([permute(a, p) for a, p in zip(sample, perms, strict=True)])
+        refs = reference.sample_outputs or tuple(outputs[i] for i in order)
+        runs.append([size1_moved(outputs[i], r) for i, r in zip(order, refs, strict=True)])
+    return judge(reference.names, reference.outputs, gather(runs), reference.labels, accuracy)
 
 
 def judge(

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.calibration import representative_dataset
-from edgepack.convert._common import describe, fresh_dir, read_specs, run_tool, tool_meta
 from edgepack.deps import require
 from edgepack.errors import ConversionError
+from edgepack.modelio import describe, read_specs
 from edgepack.quantize import LayerError, QuantOptions
+from edgepack.tools import fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -174,9 +175,9 @@ def _converter(pre: Artifact, float_artifact: Artifact, workdir: Path, options: 
         model = fixed_keras_model(load_model(pre, trust_code=options.trust_code), pre.inputs)
         return tf.lite.TFLiteConverter.from_keras_model(model)
     if pre.format is ModelFormat.SAVEDMODEL:
-        from edgepack.convert.keras_tflite import _fixed_savedmodel
+        from edgepack.convert.keras_tflite import fixed_savedmodel
 
-        return tf.lite.TFLiteConverter.from_saved_model(str(_fixed_savedmodel(pre, workdir / "fixed_savedmodel")))
+        return tf.lite.TFLiteConverter.from_saved_model(str(fixed_savedmodel(pre, workdir / "fixed_savedmodel")))
     if pre.format is ModelFormat.ONNX:
         saved = float_artifact.meta.get("saved_model")
         if not saved or not Path(saved, "saved_model.pb").is_file():

@@ -33,10 +33,10 @@ import numpy as np
 
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.calibration.adapters import ort_reader
-from edgepack.convert._common import fresh_dir, run_tool, tool_meta
 from edgepack.deps import require
 from edgepack.errors import ConversionError, UsageError
 from edgepack.profiles import Runtime
+from edgepack.tools import fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
     from edgepack.calibration import Dataset
@@ -236,8 +236,8 @@ def _settings(model: Any, options: QuantOptions, tensorrt: bool, per_channel: bo
     elif options.method == "percentile":
         calibrator = {"num_bins": PERCENTILE_BINS, "percentile": PERCENTILE, "symmetric": True}
     if calibrator:
-        step = profile.options("quantize")  # [step_options.quantize] may tune the histogram
-        calibrator |= {k: step[k] for k in ("num_bins", "num_quantized_bins", "percentile") if k in step}
+        step = profile.quantize_settings  # [step_options.quantize] may tune the histogram
+        calibrator |= step.model_dump(exclude_none=True)
     return _Settings(
         method=options.method,
         activation_type="QInt8" if symmetric else "QUInt8",

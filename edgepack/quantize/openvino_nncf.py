@@ -20,10 +20,10 @@ import numpy as np
 
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.calibration.adapters import nncf_dataset
-from edgepack.convert._common import fresh_dir, run_tool, tool_meta
 from edgepack.convert.onnx_openvino import save_ir
 from edgepack.deps import require
 from edgepack.errors import UsageError
+from edgepack.tools import fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
     from edgepack.calibration import Dataset
@@ -302,4 +302,6 @@ def _add(entry: list[float], expected: np.ndarray, got: np.ndarray) -> None:
 def _sqnr(entry: list[float]) -> float:
     if entry[1] == 0:
         return float("inf")
-    return float(10 * np.log10(max(entry[0], np.finfo(np.float32).tiny) / entry[1]))
+    tiny = np.finfo(np.float32).tiny
+    signal = tiny if tiny > entry[0] else entry[0]  # max(), typed: a silent layer's energy is float32's tiny
+    return float(10 * np.log10(signal / entry[1]))

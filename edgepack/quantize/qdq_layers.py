@@ -118,7 +118,8 @@ def _quantized_nodes(qdq: Any, float_model: Any) -> list[_QNode]:
     init = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     producer = {o: n for n in qdq.graph.node for o in n.output}
     readers: dict[str, list[Any]] = {}
-    for graph, table in ((qdq.graph, readers), (float_model.graph, float_readers := {})):
+    float_readers: dict[str, list[Any]] = {}
+    for graph, table in ((qdq.graph, readers), (float_model.graph, float_readers)):
         for n in graph.node:
             for name in n.input:
                 table.setdefault(name, []).append(n)
@@ -188,7 +189,7 @@ class _NodeRunner:
 
     def feeds(self, node: Any, acts: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         values = {name: acts[name] if name in acts else self._init.get(name) for name in node.input if name}
-        return None if any(v is None for v in values.values()) else values
+        return _known(values)
 
     def run(self, node: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if node.name not in self._sessions:
@@ -223,8 +224,8 @@ def _accumulate(qnode: _QNode, acts: dict[str, np.ndarray], runner: _NodeRunner,
         name = qnode.node.input[i]
         quantized[name] = q.fake(feeds[name]) if isinstance(q, _QParams) else q
     outs = runner.run(qnode.node, quantized)
-    floats = [acts.get(name) for name in qnode.node.output]
-    if any(f is None for f in floats):
+    floats = _present([acts.get(name) for name in qnode.node.output])
+    if floats is None:
         floats = runner.run(qnode.node, feeds)
     for j, (tensor, params, _) in qnode.outputs.items():
         outs[j] = params.fake(outs[j])
@@ -235,11 +236,23 @@ def _accumulate(qnode: _QNode, acts: dict[str, np.ndarray], runner: _NodeRunner,
             reader_feeds = runner.feeds(reader, acts) if tensor in acts else None
             if reader_feeds is None:
                 continue
-            expected = [acts.get(n) for n in reader.output]
-            if any(e is None for e in expected):
+            expected = _present([acts.get(n) for n in reader.output])
+            if expected is None:
                 expected = runner.run(reader, reader_feeds)
             got = runner.run(reader, {**reader_feeds, tensor: params.fake(acts[tensor])})
             _add(stats, (qnode.name, reader.name), expected, got)
+
+
+def _known(values: dict[str, np.ndarray | None]) -> dict[str, np.ndarray] | None:
+    """``values`` when none is missing (None), else None."""
+    known = {k: v for k, v in values.items() if v is not None}
+    return known if len(known) == len(values) else None
+
+
+def _present(values: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """``values`` when none is missing (None), else None."""
+    present = [v for v in values if v is not None]
+    return present if len(present) == len(values) else None
 
 
 def _add(stats: dict, key: tuple[str, str], expected: list[np.ndarray], got: list[np.ndarray]) -> None:
@@ -254,4 +267,6 @@ def _add(stats: dict, key: tuple[str, str], expected: list[np.ndarray], got: lis
 def _sqnr(entry: list[float]) -> float:
     if entry[1] == 0:
         return math.inf
-    return float(10 * np.log10(max(entry[0], np.finfo(np.float32).tiny) / entry[1]))
+    tiny = np.finfo(np.float32).tiny
+    signal = tiny if tiny > entry[0] else entry[0]  # max(), typed: a silent layer's energy is float32's tiny
+    return float(10 * np.log10(signal / entry[1]))

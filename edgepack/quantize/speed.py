@@ -51,14 +51,14 @@ def compare_latency(
         the mode) and ``ratio`` is ``float_ms / int8_ms`` (above 1: the quantized model is faster).
     """
     from edgepack.runtimes import open_session
-    from edgepack.validate import _input_permutations, _permute
+    from edgepack.validate import input_permutations, permute
 
     timed, runtime = [], ""
     for artifact in (float_artifact, quantized):
         # Integer I/O is fed and read as integers, so the timing is the model's, not numpy's (de)quantizing.
         session = open_session(artifact, threads=THREADS, raw_outputs=True)
-        perms = _input_permutations(inputs, session.inputs)
-        sample = [_permute(a, p) for a, p in zip(feeds, perms, strict=True)]
+        perms = input_permutations(inputs, session.inputs)
+        sample = [permute(a, p) for a, p in zip(feeds, perms, strict=True)]
         sample = _native(sample, session.inputs, artifact.meta.get("quant_params", {}))
         timed.append(_time(session, sample, warmup=profile.latency.warmup, runs=profile.latency.runs))
         runtime = f"{session.runtime} {session.version}"
@@ -88,7 +88,7 @@ def _native(sample: list[np.ndarray], specs: Sequence[TensorSpec], params: dict[
             info = np.iinfo(p["dtype"])
             q = np.round(array.astype(np.float64) / p["scale"] + p["zero_point"])
             array = np.clip(q, info.min, info.max).astype(p["dtype"])
-        native.append(np.ascontiguousarray(array))
+        native.append(np.require(array, requirements="C"))
     return native
 
 

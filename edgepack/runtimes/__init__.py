@@ -205,7 +205,7 @@ def cast_feed(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     """``array`` as a C-contiguous array of ``spec``'s dtype (float64 -> float32 and the like)."""
     import numpy as np
 
-    return np.ascontiguousarray(array, dtype=spec.dtype)
+    return np.require(array, dtype=spec.dtype, requirements="C")
 
 
 def require_static(artifact: Artifact, specs: Sequence[TensorSpec]) -> None:

@@ -81,12 +81,18 @@ def _resize_dynamic_inputs(interp: Any, artifact: Artifact) -> None:
     found = [make_spec(d["name"], d["shape_signature"], d["dtype"]) for d in details]
     if all(s.is_static for s in found):
         return
-    wanted = merge_specs(found, artifact.inputs)
+    wanted = list(merge_specs(found, artifact.inputs))
+    declared = {spec.name: spec for spec in artifact.inputs}
+    for i, spec in enumerate(wanted):  # a scalar input onnx2tf (through Keras) declared as [None]: take the declared
+        other = declared.get(spec.name) or (artifact.inputs[i] if len(artifact.inputs) == len(wanted) else None)
+        if not spec.is_static and other is not None and other.is_static and len(other.shape) != len(spec.shape):
+            wanted[i] = spec.with_shape(other.shape)
     require_static(artifact, wanted)
     for detail, spec in zip(details, wanted, strict=True):
         if tuple(int(d) for d in detail["shape"]) != spec.shape:
+            strict = len(detail["shape_signature"]) == len(spec.shape)  # a rank change needs strict=False
             try:
-                interp.resize_tensor_input(detail["index"], list(spec.shape), strict=True)
+                interp.resize_tensor_input(detail["index"], list(spec.shape), strict=strict)
             except (ValueError, RuntimeError) as exc:
                 raise ModelError(f"{artifact.path}: cannot resize input '{spec.name}' to {list(spec.shape)}.") from exc
 
@@ -112,11 +118,11 @@ def _to_tensor(detail: dict[str, Any], array: np.ndarray) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     params = quant_params(detail)
     if params is None or array.dtype == dtype:
-        return np.ascontiguousarray(array, dtype=dtype)
+        return np.require(array, dtype=dtype, requirements="C")
     scale, zero_point = params
     info = np.iinfo(dtype)
     q = np.round(array.astype(np.float64) / scale + zero_point)
-    return np.ascontiguousarray(np.clip(q, info.min, info.max).astype(dtype))
+    return np.require(np.clip(q, info.min, info.max).astype(dtype), requirements="C")
 
 
 def _from_tensor(detail: dict[str, Any], array: np.ndarray) -> np.ndarray:

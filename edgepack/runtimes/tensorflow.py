@@ -81,7 +81,7 @@ def open_session(
 
 def _load_keras_model(path: Path, fmt: ModelFormat) -> Any:
     """Load a .keras/.h5 file in Keras safe mode (no code from the file runs); ModelError if it cannot."""
-    from edgepack.source import load_keras
+    from edgepack.modelio import load_keras
 
     return load_keras(path, fmt, trust_code=False)
 

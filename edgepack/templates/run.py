@@ -3,11 +3,20 @@
 
     python run.py --input x.npy --output y.npz             # run once
     python run.py --runs 50 --warmup 5 --report stats.json # time it (random input)
+    python run.py --input xs.npz --count 1 --runs 0        # check samples, count one inference
 
 Reads manifest.json beside it for the model file, the runtime and the inputs.
-``--input`` takes an .npy (one input) or an .npz keyed by input name; without it
-a seeded random input of the manifest's shapes is used. ``--output`` writes an
-.npz keyed by output name. ``--report`` writes latencies (ms) and the versions.
+``--input`` takes an .npy (one input), an .npz keyed by input name, or an .npz of
+several samples keyed ``"<i>:<input name>"`` (each is run; outputs are keyed the
+same way); without it a seeded random input of the manifest's shapes is used.
+``--output`` writes an .npz keyed by output name. ``--report`` writes latencies
+(ms), the versions and what the runtime executed (``delegation``).
+
+``--runs N`` times N inferences one by one (clock reads between them). ``--count N``
+runs N inferences as one block with nothing but the runtime's invoke call inside:
+under an instruction-counting qemu plugin (``EDGEPACK_COUNT=1``) that block is the
+counted region, marked with the no-op syscalls 0x4ED0/0x4ED1 after an empty region
+that measures the markers' own cost.
 """
 
 import argparse
@@ -21,9 +30,23 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROI_BEGIN, ROI_END = 0x4ED0, 0x4ED1  # markers for an instruction-counting qemu plugin
+RAW = "--raw" in sys.argv  # keep integer outputs of an int8-I/O model as they are
 
 
-def _tflite(module_names, model_path, threads):
+class Model:
+    """A loaded model: ``set_inputs(feeds)``, ``invoke()`` (the inference alone), ``outputs()``."""
+
+    def __init__(self, set_inputs, invoke, outputs, version, delegation):
+        self.set_inputs, self.invoke, self.outputs = set_inputs, invoke, outputs
+        self.version, self.delegation = version, delegation
+
+    def __call__(self, feeds):
+        self.set_inputs(feeds)
+        self.invoke()
+        return self.outputs()
+
+
+def _tflite(module_names, model_path, threads, shapes=()):
     for name in module_names:
         try:
             module = __import__(name, fromlist=["Interpreter"])
@@ -33,23 +56,60 @@ def _tflite(module_names, model_path, threads):
     else:
         sys.exit("run.py: none of {} is installed; pip install -r requirements.txt".format(", ".join(module_names)))
     interp = module.Interpreter(model_path=model_path, num_threads=threads)
+    for detail, shape in zip(interp.get_input_details(), shapes):  # e.g. a scalar the file declares as [None]
+        if shape is not None and None not in shape and list(detail["shape"]) != list(shape):
+            interp.resize_tensor_input(detail["index"], list(shape), strict=False)
     interp.allocate_tensors()
     ins = interp.get_input_details()
     outs = interp.get_output_details()
 
-    def run(feeds):
+    def set_inputs(feeds):
         for detail, array in zip(ins, feeds):
             interp.set_tensor(detail["index"], _quantize(array, detail))
-        interp.invoke()
+
+    def outputs():
         return [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
 
     version = getattr(module, "__version__", None) or getattr(
         sys.modules[module.__name__.split(".")[0]], "__version__", "?"
     )
-    return run, version
+    return Model(set_inputs, interp.invoke, outputs, version, lambda: _tflite_delegation(interp, outs))
 
 
-RAW = "--raw" in sys.argv  # keep integer outputs of an int8-I/O model as they are
+def _tflite_delegation(interp, outs):
+    """Operators of the execution plan: how many a delegate took, which ran on the built-in kernels.
+
+    The node list holds the model's operators and then the delegate nodes that replaced some of them;
+    walking back from the outputs through the producers (a delegate's first) finds the plan.
+    """
+    try:
+        ops = interp._get_ops_details()  # noqa: SLF001 - the only view of the nodes
+    except Exception as exc:  # noqa: BLE001 - older runtimes lack it
+        return {"runtime": "litert", "error": str(exc)[:200]}
+    model_ops = [o for o in ops if o["op_name"] != "DELEGATE"]
+    producer = {int(t): o for o in model_ops for t in o["outputs"]}
+    producer.update({int(t): o for o in ops if o["op_name"] == "DELEGATE" for t in o["outputs"]})
+    todo, seen, plan = [int(d["index"]) for d in outs], set(), {}
+    while todo:
+        tensor = todo.pop()
+        op = producer.get(tensor)
+        if tensor in seen or op is None:
+            continue
+        seen.add(tensor)
+        plan[op["index"]] = op
+        todo.extend(int(t) for t in op["inputs"] if t >= 0)
+    builtin = [o for o in plan.values() if o["op_name"] != "DELEGATE"]
+    # An operator that produces int8 activations ran an int8 kernel (a hybrid op's int8 weights do not count).
+    int8 = [o for o in model_ops if any(np.dtype(t) == np.int8 for t in o.get("result_types", []))]
+    return {
+        "runtime": "litert",
+        "model_ops": len(model_ops),
+        "delegated_ops": len(model_ops) - len(builtin),
+        "delegate_nodes": len(plan) - len(builtin),
+        "reference_ops": {n: [o["op_name"] for o in builtin].count(n) for n in sorted({o["op_name"] for o in builtin})},
+        "int8_ops": len(int8),
+        "int8": bool(int8),
+    }
 
 
 def _quantize(array, detail):
@@ -59,7 +119,7 @@ def _quantize(array, detail):
     if dtype.kind in "iu" and array.dtype.kind == "f" and scale:
         info = np.iinfo(dtype)
         return np.clip(np.round(array / scale + zero), info.min, info.max).astype(dtype)
-    return np.ascontiguousarray(array, dtype=dtype)
+    return np.require(array, dtype=dtype, requirements="C")
 
 
 def _dequantize(array, detail):
@@ -69,21 +129,121 @@ def _dequantize(array, detail):
     return array
 
 
+ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
 def _onnxruntime(model_path, threads, providers=None):
+    # ONNX Runtime's telemetry starts threads at import that run (and are counted) at random times.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime as ort
 
+    if hasattr(ort, "disable_telemetry_events"):  # its upload threads would run inside the inference
+        ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: saving the optimized graph warns that it is hardware-specific
+    for pool in ("intra_op", "inter_op"):  # a spinning idle worker would execute (and count) at random
+        opts.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    optimized = os.path.join(_scratch(), "optimized.onnx")  # the graph as ONNX Runtime runs it
+    opts.optimized_model_filepath = optimized
     sess = ort.InferenceSession(model_path, opts, providers=chosen)
     names = [i.name for i in sess.get_inputs()]
+    dtypes = [ORT_DTYPES.get(i.type) for i in sess.get_inputs()]  # feeds are cast to what the model takes
+    binding = sess.io_binding()  # inputs bound once: the invoke is the session's run alone
+    held: list = []
 
-    def run(feeds):
-        return sess.run(None, dict(zip(names, feeds)))
+    def set_inputs(feeds):
+        held[:] = [np.require(a, dtype=d, requirements="C") for a, d in zip(feeds, dtypes)]
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in zip(names, held):
+            binding.bind_cpu_input(name, array)
+        for out in sess.get_outputs():
+            binding.bind_output(out.name)
 
-    return run, ort.__version__
+    def delegation():
+        facts = {"runtime": "onnxruntime", "providers": sess.get_providers()}
+        try:
+            with open(optimized, "rb") as fh:
+                ops = onnx_op_types(fh.read())
+        except (OSError, ValueError, IndexError) as exc:
+            return {**facts, "error": str(exc)[:200]}
+        int8 = {op: n for op, n in ops.items() if op.startswith("QLinear") or op in INT8_ORT_OPS}
+        return {**facts, "ops": ops, "int8_ops": sum(int8.values()), "int8": bool(int8)}
+
+    return Model(
+        set_inputs, lambda: sess.run_with_iobinding(binding), binding.copy_outputs_to_cpu, ort.__version__, delegation
+    )
+
+
+# ONNX Runtime operators that run int8 kernels (besides QLinear*): what its optimizer fuses QDQ groups into.
+INT8_ORT_OPS = {"ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QAttention"}
+
+
+def _scratch():
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="edgepack-run-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _fields(buf):
+    """(field number, value) of a serialized protobuf message: ints for varints, bytes for the rest."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = buf[pos : pos + size], pos + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, value
+
+
+def _varint(buf, pos):
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def onnx_op_types(model_bytes):
+    """Operator types and counts of an ONNX model's main graph, read without the onnx package."""
+    counts: dict = {}
+    for number, graph in _fields(memoryview(model_bytes)):
+        if number != 7:  # ModelProto.graph
+            continue
+        for field, node in _fields(graph):
+            if field == 1:  # GraphProto.node
+                op = next((bytes(v).decode() for f, v in _fields(node) if f == 4), "?")  # NodeProto.op_type
+                counts[op] = counts.get(op, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _openvino(model_path, threads, precision):
@@ -96,20 +256,43 @@ def _openvino(model_path, threads, precision):
     compiled = core.compile_model(model_path, "CPU", config)
     request = compiled.create_infer_request()
 
-    def run(feeds):
-        request.infer(list(feeds))
+    dtypes = [port.get_element_type().to_dtype() for port in compiled.inputs]  # feeds are cast to these
+
+    def set_inputs(feeds):
+        for i, (array, dtype) in enumerate(zip(feeds, dtypes)):
+            request.set_input_tensor(i, ov.Tensor(np.require(array, dtype=dtype, requirements="C")))
+
+    def outputs():
         return [np.array(request.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
 
-    return run, ov.get_version()
+    return Model(set_inputs, request.infer, outputs, ov.get_version(), lambda: _openvino_delegation(compiled))
+
+
+def _openvino_delegation(compiled):
+    """Execution precisions of the compiled (runtime) graph's layers."""
+    precisions: dict = {}
+    try:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            try:
+                value = info["runtimePrecision"]
+            except (KeyError, RuntimeError):
+                value = None
+            key = str(value.astype(str) if hasattr(value, "astype") else value)
+            precisions[key] = precisions.get(key, 0) + 1
+    except Exception as exc:  # noqa: BLE001
+        return {"runtime": "openvino", "error": str(exc)[:200]}
+    return {"runtime": "openvino", "exec_precisions": precisions, "int8": any(k in ("i8", "u8") for k in precisions)}
 
 
 def load(manifest, threads, precision):
     model = os.path.join(HERE, manifest["model"]["file"])
     runtime = manifest["runtime"]["name"]
+    shapes = [spec.get("shape") for spec in manifest.get("inputs", [])]
     if runtime == "litert":
-        return _tflite(["ai_edge_litert.interpreter", "tflite_runtime.interpreter"], model, threads)
+        return _tflite(["ai_edge_litert.interpreter", "tflite_runtime.interpreter"], model, threads, shapes)
     if runtime == "tflite-runtime":
-        return _tflite(["tflite_runtime.interpreter", "ai_edge_litert.interpreter"], model, threads)
+        return _tflite(["tflite_runtime.interpreter", "ai_edge_litert.interpreter"], model, threads, shapes)
     if runtime == "onnxruntime":
         return _onnxruntime(model, threads)
     if runtime == "tensorrt":
@@ -121,19 +304,31 @@ def load(manifest, threads, precision):
 
 
 def read_inputs(path, specs, seed):
+    """The samples to run: a list of per-sample input lists (one sample unless the .npz holds several)."""
     if path is None:  # float noise in [0, 1); integer inputs get it quantized by the runtime wrapper
         rng = np.random.default_rng(seed)
-        return [rng.random([d or 1 for d in s["shape"]]).astype(np.float32) for s in specs]
+        return [[rng.random([d or 1 for d in s["shape"]]).astype(np.float32) for s in specs]]
     data = np.load(path, allow_pickle=False)
     if isinstance(data, np.ndarray):
         if len(specs) != 1:
             sys.exit(f"run.py: the model has {len(specs)} inputs; give an .npz keyed by input name")
-        arrays = [data]
-    else:
-        missing = [s["name"] for s in specs if s["name"] not in data.files]
-        arrays = [data[s["name"]] for s in specs] if not missing else [data[k] for k in data.files]
-        if len(arrays) != len(specs):
-            sys.exit("run.py: input .npz lacks {}".format(", ".join(missing)))
+        return [_check(specs, [data])]
+    prefixes = sorted({k.split(":", 1)[0] for k in data.files if ":" in k and k.split(":", 1)[0].isdigit()}, key=int)
+    if prefixes:
+        return [_check(specs, _pick(specs, data, p + ":")) for p in prefixes]
+    return [_check(specs, _pick(specs, data, ""))]
+
+
+def _pick(specs, data, prefix):
+    keys = [k for k in data.files if k.startswith(prefix)] if prefix else list(data.files)
+    missing = [s["name"] for s in specs if prefix + s["name"] not in data.files]
+    arrays = [data[prefix + s["name"]] for s in specs] if not missing else [data[k] for k in keys]
+    if len(arrays) != len(specs):
+        sys.exit("run.py: input .npz lacks {}".format(", ".join(prefix + m for m in missing)))
+    return arrays
+
+
+def _check(specs, arrays):
     for spec, array in zip(specs, arrays):
         if list(array.shape) != list(spec["shape"]):
             sys.exit(
@@ -142,31 +337,55 @@ def read_inputs(path, specs, seed):
                 )
             )
     # Float data for an integer input stays float here: the runtime wrapper quantizes it with the tensor's params.
-    return [a if np.dtype(s["dtype"]).kind in "iu" and a.dtype.kind == "f" else np.ascontiguousarray(a, s["dtype"])
-            for s, a in zip(specs, arrays)]
+    return [
+        a
+        if np.dtype(s["dtype"]).kind in "iu" and a.dtype.kind == "f"
+        else np.require(a, dtype=s["dtype"], requirements="C")
+        for s, a in zip(specs, arrays)
+    ]
 
 
-def _marker(number):
-    # An instruction-counting qemu plugin counts between these no-op syscalls. Collecting and pausing
-    # the garbage collector first makes the count independent of what ran before (e.g. .pyc compiles).
+def counted(invoke, count, warmup):
+    """Run ``invoke`` ``warmup`` times, then ``count`` times as one block: the counted region under the plugin.
+
+    The garbage collector is collected and paused first, so that it cannot run inside, and the
+    warm-up comes after that collection (the first calls after it allocate afresh). An empty region
+    comes first: it measures what the markers themselves cost, which the counter subtracts.
+    Returns the block's wall time in seconds (the clock is read outside the region).
+    """
+    import gc
+
+    marker = None
     if os.environ.get("EDGEPACK_COUNT") == "1":
         import ctypes
-        import gc
 
-        if number == ROI_BEGIN:
-            _marker.libc = ctypes.CDLL(None)
-            gc.collect()
-            gc.disable()
-        _marker.libc.syscall(number)
-        if number == ROI_END:
-            gc.enable()
+        marker = ctypes.CDLL(None).syscall
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            invoke()
+        if marker is not None:
+            marker(ROI_BEGIN)
+            marker(ROI_END)
+        start = time.perf_counter()
+        if marker is not None:
+            marker(ROI_BEGIN)
+        for _ in range(count):
+            invoke()
+        if marker is not None:
+            marker(ROI_END)
+        return time.perf_counter() - start
+    finally:
+        gc.enable()
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input")
     parser.add_argument("--output")
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=1, help="inferences timed one by one")
+    parser.add_argument("--count", type=int, default=0, help="inferences run (and counted) as one block")
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--precision", help="OpenVINO inference precision hint, e.g. f32")
@@ -177,38 +396,53 @@ def main(argv=None):
 
     with open(os.path.join(HERE, "manifest.json")) as fh:
         manifest = json.load(fh)
-    run, version = load(manifest, args.threads, args.precision)
-    feeds = read_inputs(args.input, manifest["inputs"], args.seed)
-    for _ in range(args.warmup):
-        run(feeds)
+    model = load(manifest, args.threads, args.precision)
+    samples = read_inputs(args.input, manifest["inputs"], args.seed)
+    results = [model(feeds) for feeds in samples]  # every sample's outputs; they warm the runtime up too
+    model.set_inputs(samples[0])
+    block_s = counted(model.invoke, args.count, args.warmup) if args.count > 0 else None
+    for _ in range(args.warmup if block_s is None else 0):
+        model.invoke()
     times = []
-    _marker(ROI_BEGIN)
     for _ in range(args.runs):
         start = time.perf_counter()
-        outputs = run(feeds)
+        model.invoke()
         times.append((time.perf_counter() - start) * 1e3)
-    _marker(ROI_END)
     if args.output:
         names = [o["name"] for o in manifest["outputs"]]
-        np.savez(args.output, **{n: np.asarray(o) for n, o in zip(names, outputs)})
+        many = args.input is not None and _is_multi(args.input)
+        arrays = {
+            (f"{i}:{n}" if many else n): np.asarray(o)
+            for i, outputs in enumerate(results)
+            for n, o in zip(names, outputs)
+        }
+        np.savez(args.output, **arrays)  # type: ignore[arg-type]  # numpy stub types **kwds as allow_pickle
     if args.report:
+        report = {
+            "runtime": manifest["runtime"]["name"],
+            "runtime_version": str(model.version),
+            "numpy_version": np.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": args.threads,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "count": args.count,
+            "samples": len(samples),
+            "latency_ms": times,
+            "count_ms": None if block_s is None else block_s * 1e3 / args.count,
+            "delegation": model.delegation(),
+        }
         with open(args.report, "w") as fh:
-            json.dump(
-                {
-                    "runtime": manifest["runtime"]["name"],
-                    "runtime_version": str(version),
-                    "numpy_version": np.__version__,
-                    "python": platform.python_version(),
-                    "machine": platform.machine(),
-                    "threads": args.threads,
-                    "runs": args.runs,
-                    "warmup": args.warmup,
-                    "latency_ms": times,
-                },
-                fh,
-                indent=2,
-            )
+            json.dump(report, fh, indent=2, default=str)
     return 0
+
+
+def _is_multi(path):
+    if not path.endswith(".npz"):
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        return any(":" in k and k.split(":", 1)[0].isdigit() for k in data.files)
 
 
 if __name__ == "__main__":

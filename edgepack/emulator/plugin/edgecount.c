@@ -2,14 +2,20 @@
  * edgecount: a QEMU TCG plugin that counts guest instructions inside a region of interest.
  *
  * The guest marks the region with two otherwise unused syscalls, 0x4ED0 (begin) and
- * 0x4ED1 (end); they fail with ENOSYS and change nothing else. Every translated block
- * adds its instruction count to one counter (an inline add, so the overhead is small);
- * the region's count is the counter's change between the markers, summed over regions.
+ * 0x4ED1 (end); they fail with ENOSYS and change nothing else. Every executed translated
+ * block adds its instruction count to the counter of the guest thread (vcpu) that runs it;
+ * a region counts only the thread that opened it, so a runtime's helper threads (ONNX
+ * Runtime's telemetry, say) that wake at random times do not change the count. The region's
+ * count is that counter's change between the markers, summed over regions.
+ * The first MAX_REGIONS regions are also reported one by one (run.py opens an empty region
+ * first, to measure the markers' own cost, then the counted one).
  *
  * Usage: qemu-aarch64 -plugin libedgecount.so,out=FILE ...
- * At exit FILE holds one JSON object: {"roi_insns": N, "regions": R, "open": 0|1, "total_insns": T}.
+ * At exit FILE holds one JSON object:
+ * {"roi_insns": N, "regions": R, "open": 0|1, "total_insns": T, "region_insns": [n1, ...],
+ *  "vcpu_insns": [per thread that ran]}.
  *
- * The add is not atomic: count with one guest thread busy at a time (one inference thread).
+ * total_insns (all threads) is an inline add that is not atomic: exact with one busy thread only.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -22,29 +28,47 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 #define ROI_BEGIN 0x4ED0
 #define ROI_END 0x4ED1
+#define MAX_REGIONS 16
 
-static uint64_t insns;        /* every guest instruction executed so far */
+#define MAX_VCPUS 256
+
+static uint64_t insns[MAX_VCPUS]; /* guest instructions executed so far, per guest thread (vcpu) */
+static uint64_t all_insns;        /* of every thread */
+static unsigned int roi_vcpu;     /* the thread that opened the region: only its instructions count */
 static uint64_t roi_insns;    /* instructions inside closed regions */
 static uint64_t roi_start;    /* value of insns at the open region's begin marker */
 static uint64_t regions;      /* number of closed regions */
+static uint64_t region_insns[MAX_REGIONS];
 static int roi_open;
 static char *out_path;
+
+static void tb_exec(unsigned int vcpu, void *udata)
+{
+    insns[vcpu % MAX_VCPUS] += (uintptr_t)udata;
+}
 
 static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
-    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &insns, qemu_plugin_tb_n_insns(tb));
+    uintptr_t n = qemu_plugin_tb_n_insns(tb);
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, tb_exec, QEMU_PLUGIN_CB_NO_REGS, (void *)n);
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &all_insns, n);
 }
 
 static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
                        uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
 {
-    (void)id; (void)vcpu; (void)a1; (void)a2; (void)a3; (void)a4; (void)a5; (void)a6; (void)a7; (void)a8;
+    (void)id; (void)a1; (void)a2; (void)a3; (void)a4; (void)a5; (void)a6; (void)a7; (void)a8;
     if (num == ROI_BEGIN) {
-        roi_start = insns;
+        roi_vcpu = vcpu % MAX_VCPUS;
+        roi_start = insns[roi_vcpu];
         roi_open = 1;
-    } else if (num == ROI_END && roi_open) {
-        roi_insns += insns - roi_start;
+    } else if (num == ROI_END && roi_open && vcpu % MAX_VCPUS == roi_vcpu) {
+        uint64_t n = insns[roi_vcpu] - roi_start;
+        roi_insns += n;
+        if (regions < MAX_REGIONS) {
+            region_insns[regions] = n;
+        }
         regions++;
         roi_open = 0;
     }
@@ -57,8 +81,21 @@ static void at_exit(qemu_plugin_id_t id, void *data)
     if (fh == NULL) {
         return;
     }
-    fprintf(fh, "{\"roi_insns\": %" PRIu64 ", \"regions\": %" PRIu64 ", \"open\": %d, \"total_insns\": %" PRIu64 "}\n",
-            roi_insns, regions, roi_open, insns);
+    fprintf(fh, "{\"roi_insns\": %" PRIu64 ", \"regions\": %" PRIu64 ", \"open\": %d, \"total_insns\": %" PRIu64,
+            roi_insns, regions, roi_open, all_insns);
+    fprintf(fh, ", \"region_insns\": [");
+    for (uint64_t i = 0; i < regions && i < MAX_REGIONS; i++) {
+        fprintf(fh, "%s%" PRIu64, i ? ", " : "", region_insns[i]);
+    }
+    fprintf(fh, "], \"vcpu_insns\": [");
+    const char *sep = "";
+    for (int i = 0; i < MAX_VCPUS; i++) {
+        if (insns[i]) {
+            fprintf(fh, "%s%" PRIu64, sep, insns[i]);
+            sep = ", ";
+        }
+    }
+    fprintf(fh, "]}\n");
     fclose(fh);
 }
 

@@ -23,11 +23,12 @@ Outputs = list[list[np.ndarray]]
 def random_array(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     """A random array for a static input: normal floats, 0/1 integers (often indices), random bools."""
     dtype = np.dtype(spec.dtype)
+    shape = tuple(d if d is not None else 1 for d in spec.shape)  # a dim left dynamic is fed at 1
     if dtype == np.bool_:
-        return rng.random(spec.shape) < 0.5
+        return rng.random(shape) < 0.5
     if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 2, spec.shape).astype(dtype)
-    return rng.standard_normal(spec.shape).astype(dtype)
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def random_feeds(inputs: Sequence[TensorSpec], seed: int, count: int = 2) -> Feeds:

@@ -1,0 +1,238 @@
+"""The run context: everything a ``package`` call shares across its targets, built whole before any target runs.
+
+:func:`build_context` opens the source model (compressing it first when asked),
+loads the data sets and takes the validation samples; the stages of every
+target then read the context and never edit it. Intermediate artifacts that
+several targets share (the ONNX made from a Keras model, the fp32 .tflite of
+two ARM boards) live in :class:`Intermediates`, memoised by content: each entry
+gets a folder of its own, and a failed entry is remembered as its error, so a
+failure reaches exactly the targets that need that intermediate and no other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgepack.errors import DataError, EdgepackError, UsageError
+from edgepack.plan import Options, Plan
+from edgepack.profiles import Precision, Profile, Step
+
+if TYPE_CHECKING:
+    from edgepack.artifact import Artifact
+    from edgepack.calibration import Dataset
+
+Progress = Callable[[str], None]
+Made = tuple["Artifact", dict[str, Any]]
+
+
+class Intermediates:
+    """Artifacts shared by the targets of one run, made once each, keyed by their inputs' content."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[tuple[Any, ...], Made | EdgepackError | Exception] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], make: Callable[[Path], Made]) -> Made:
+        """The artifact for ``key``, made by ``make(folder)`` in a fresh folder the first time.
+
+        A failure is remembered and raised again for every later request of the same key; the folder of a
+        failed attempt is never reused.
+        """
+        with self._lock:
+            known = self._made.get(key)
+        if known is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            label = str(key[0]).replace("/", "-")
+            digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+            folder = Path(tempfile.mkdtemp(prefix=f"{label}-{digest}-", dir=self.root))
+            try:
+                known = make(folder)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - remembered and raised again for each target that needs it
+                known = exc
+            with self._lock:
+                self._made[key] = known
+        if isinstance(known, Exception):
+            raise known
+        return known
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every target of a run reads: plan, options, the (compressed) source, data, shared intermediates."""
+
+    plan: Plan
+    options: Options
+    workdir: Path
+    progress: Progress
+    source: Artifact
+    original: Artifact  # the user's model before compression (what manifests name as the source)
+    compression: tuple[dict[str, Any], ...] = ()
+    dataset: Dataset | None = None
+    eval_dataset: Dataset | None = None
+    samples: list[list[Any]] | None = None
+    data_description: dict[str, Any] | None = None
+    intermediates: Intermediates = field(default_factory=lambda: Intermediates(Path(tempfile.gettempdir())))
+    _reference: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def reference(self) -> Any:
+        """The source model's session, opened on first use and shared by every target's validation."""
+        if "session" not in self._reference:
+            from edgepack.runtimes import open_session
+
+            self._reference["session"] = open_session(self.source, threads=1)
+        return self._reference["session"]
+
+    def target_workdir(self, name: str) -> Path:
+        folder = self.workdir / "targets" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def build_context(plan: Plan, options: Options, workdir: Path, progress: Progress) -> RunContext:
+    """Open the source, compress it when asked, load the data: the complete context of a run."""
+    from edgepack.source import open_source
+
+    _refuse_int8_without_data(plan, options)
+    progress(f"reading {plan.model.name}")
+    batch = min((t.profile.inputs.batch or 0 for t in plan.targets), default=1) or None
+    original = open_source(
+        plan.model, input_shapes=options.input_shapes, batch=batch, trust_code=options.trust_code
+    )
+    source, compression = _compress(plan, options, original, batch, workdir, progress)
+    preprocess = _preprocess(plan, options)
+    dataset = eval_dataset = None
+    description: dict[str, Any] | None = None
+    if options.data is not None:
+        from edgepack.calibration import load_dataset
+
+        dataset = load_dataset(options.data, source.inputs, preprocess=preprocess)
+        description = dataset.describe()
+    if options.eval_data is not None:
+        from edgepack.calibration import load_dataset
+
+        eval_dataset = load_dataset(options.eval_data, source.inputs, preprocess=preprocess)
+        description = {**(description or {}), "eval": eval_dataset.describe()}
+    validation = eval_dataset if eval_dataset is not None else dataset
+    samples = validation.take(options.validation_samples).as_lists() if validation is not None else None
+    ctx = RunContext(
+        plan=plan,
+        options=options,
+        workdir=workdir,
+        progress=progress,
+        source=source,
+        original=original,
+        compression=tuple(compression),
+        dataset=dataset,
+        eval_dataset=eval_dataset,
+        samples=samples,
+        data_description=description,
+        intermediates=Intermediates(workdir / "steps"),
+    )
+    refuse_non_finite(ctx)
+    return ctx
+
+
+def refuse_non_finite(ctx: RunContext, count: int = 2) -> None:
+    """Refuse a source whose outputs are NaN or infinite on the validation inputs, before anything is written.
+
+    Such a model (a damaged file, an unstable graph) would otherwise be converted, bundled and shipped with
+    every comparison against it meaningless.
+    """
+    import numpy as np
+
+    from edgepack.errors import ModelError
+    from edgepack.validate import random_samples
+
+    reference = ctx.reference()
+    if ctx.samples is not None:
+        feeds, origin = ctx.samples[:count], "the first validation samples"
+    else:
+        feeds, origin = random_samples(reference.inputs, seed=ctx.options.seed, count=count), "seeded random inputs"
+    for feed in feeds:
+        for spec, value in zip(reference.outputs, reference.run(feed), strict=False):
+            array = np.asarray(value)
+            if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+                raise ModelError(
+                    f"{ctx.plan.model.name} gives non-finite outputs (NaN or inf) in {spec.name} on {origin}; "
+                    "nothing was packaged.",
+                    hint="The file may be damaged or the model numerically unstable: re-export it"
+                    + (", or pass --data with real samples." if ctx.samples is None else "."),
+                )
+
+
+_GATED = (Precision.INT8, Precision.DYNAMIC)  # quantized, then gated on held-out data
+
+
+def _refuse_int8_without_data(plan: Plan, options: Options) -> None:
+    needs = [t for t in plan.targets if t.has(Step.QUANTIZE) and t.profile.precision in _GATED]
+    if options.data is None and needs:
+        precision = needs[0].profile.precision.value
+        raise DataError(
+            f"{precision} quantization needs data from your model's domain to calibrate and gate it (random "
+            "inputs say nothing about its accuracy).",
+            hint="Pass --data samples.npz (or a folder of .npy files or images), or choose another --precision.",
+        )
+
+
+def _compress(
+    plan: Plan, options: Options, source: Artifact, batch: int | None, workdir: Path, progress: Progress
+) -> tuple[Artifact, list[dict[str, Any]]]:
+    """Run the requested compression methods on the source (distill, prune, clip), before any conversion.
+
+    The compressed model becomes the source every target converts from and validates against; each
+    method's report records its measured effect against the model before it.
+    """
+    settings = compression_settings(options.compress, [t.profile for t in plan.targets])
+    if not settings:
+        return source, []
+    from edgepack.compress import PIPELINE_ORDER, pipeline_step
+    from edgepack.source import open_source
+
+    reports, current = [], source
+    for method in (m for m in PIPELINE_ORDER if m in settings):
+        progress(f"compressing: {method}")
+        path, report = pipeline_step(
+            current.path,
+            current.format,
+            settings={method: settings[method]},
+            data=options.data,
+            workdir=workdir / f"compress-{method}",
+            progress=progress,
+        )
+        reports.append({"method": method, "settings": dict(settings[method]), **report})
+        current = open_source(path, input_shapes=options.input_shapes, batch=batch, trust_code=options.trust_code)
+    return current, reports
+
+
+def compression_settings(flags: Mapping[str, Any], profiles: Sequence[Profile]) -> dict[str, Any]:
+    """Compression for the run: the flags, else the profiles' ``[step_options.compress]`` (which must agree)."""
+    if flags:
+        return dict(flags)
+    asked = {json.dumps(p.options(Step.COMPRESS), sort_keys=True) for p in profiles if Step.COMPRESS in p.steps}
+    asked.discard("{}")
+    if len(asked) > 1:
+        raise UsageError(
+            "the chosen targets ask for different compression in their profiles.",
+            hint="Package them in separate runs, or give --prune/--clip/--distill-student.",
+        )
+    return json.loads(asked.pop()) if asked else {}
+
+
+def _preprocess(plan: Plan, options: Options) -> Any:
+    """Image preprocessing: --preprocess flags, else the profiles' [inputs.preprocess] (None: the loader's own)."""
+    from edgepack.calibration import Preprocess
+
+    if options.preprocess:
+        return Preprocess.from_flags(**dict(options.preprocess))
+    tables = [t.profile.inputs.preprocess for t in plan.targets if t.profile.inputs.preprocess]
+    return Preprocess.from_table(tables[0], source=f"profile {plan.targets[0].profile.name}") if tables else None

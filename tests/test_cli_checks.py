@@ -1,0 +1,115 @@
+"""Checks before work, honest exit codes with --debug, quiet frameworks, refused non-finite models, summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgepack
+from edgepack.errors import ModelError, OutputExistsError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits_cnn.keras"
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "80"}
+    return subprocess.run(
+        [sys.executable, "-m", "edgepack", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
+
+
+def _nan_onnx(path: Path) -> Path:
+    """A valid ONNX model whose output is NaN for any input in [0, 1): Log of a negative number."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["n"]), helper.make_node("Log", ["n"], ["y"])],
+        "nan",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_existing_destination_is_refused_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "rpi4-arm64").mkdir(parents=True)
+    missing_data = tmp_path / "no-such-data.npz"  # loading it would fail; the destination is checked first
+    with pytest.raises(OutputExistsError, match="already exists"):
+        edgepack.package(DIGITS, targets=["rpi4-arm64"], out=out, data=missing_data)
+    assert sorted(p.name for p in out.iterdir()) == ["rpi4-arm64"]
+
+
+def test_out_pointing_at_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    file = tmp_path / "out.txt"
+    file.write_text("keep me")
+    with pytest.raises(UsageError, match="is a file"):
+        edgepack.package(DIGITS, targets=["rpi4-arm64"], out=file)
+    assert file.read_text() == "keep me"
+
+
+def test_a_model_with_non_finite_outputs_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    model = _nan_onnx(tmp_path / "nan.onnx")
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match="non-finite"):
+        edgepack.package(model, targets=["rpi4-arm64-onnxruntime", "intel-openvino-cpu"], out=out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_target_lists_and_debug_after_the_command_keep_exit_codes(tmp_path: Path) -> None:
+    bad = ["package", str(DIGITS), "--target", "rpi4-arm64,no-such-board", "--out", str(tmp_path / "o")]
+    plain, debug = _cli(*bad), _cli(*bad, "--debug")
+    assert plain.returncode == debug.returncode == 3, (plain.stderr, debug.stderr)  # ProfileError, both ways
+    assert "unknown target 'no-such-board'" in plain.stderr
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+
+
+def test_the_summary_is_quiet_decisive_and_fits_80_columns(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _cli("package", str(DIGITS), "-t", "rpi4-arm64,intel-openvino-cpu", "--no-device-check", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "XNNPACK" not in proc.stderr and "oneDNN" not in proc.stderr  # framework log lines stay off
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80
+    assert "rpi4-arm64" in proc.stdout and "intel-openvino-cpu" in proc.stdout and "top-1" in proc.stdout
+    # What the frameworks printed is kept with the bundle, outside the sealed manifest.
+    log = out / "rpi4-arm64" / "report" / "tools.log"
+    assert log.is_file() and log.read_text().strip()
+    manifest = json.loads((out / "rpi4-arm64" / "manifest.json").read_text())
+    assert "report" in manifest["unsealed"]
+    as_json = _cli("package", str(DIGITS), "-t", "rpi4-arm64", "--no-device-check", "-o", str(out), "--force", "--json")
+    summary = json.loads(as_json.stdout)["targets"][0]["summary"]
+    assert summary["precision"] == "fp32" and summary["agreement"]["top1_agreement"] == 1.0
+
+
+def test_summaries_never_raise_on_odd_figures() -> None:
+    from edgepack.summary import summarize
+
+    odd = {
+        "model": {"precision": "int8", "size_bytes": "big"},
+        "validation": {"outputs": [{"name": "y", "max_abs_error": "nan", "cosine": None}], "float_accuracy": "x"},
+        "quantization": {"size": {"ratio": float("inf")}, "warnings": ["w"]},
+        "device_check": {"ran": True, "agreement": {}},
+        "profile": {"latency": {"budget_ms": "soon"}},
+    }
+    summary = summarize(odd, {"figures": {"estimate": {"value_ms": np.float64("nan")}}})
+    assert summary["accuracy"] is None and summary["size_ratio"] is None and summary["warnings"] == ["w"]
+    assert summary["agreement"]["max_abs_error"] is None and summary["device"]["estimate_ms"] is None
+
+
+def test_an_unknown_jetpack_lists_the_known_ones(tmp_path: Path) -> None:
+    proc = _cli("jetson", str(DIGITS), "--jetpack", "9.9", "--out", str(tmp_path / "o"))
+    assert proc.returncode == UsageError.exit_code
+    assert "--jetpack 9.9" in proc.stderr and "6.1 (TensorRT 10.3)" in proc.stderr
+    assert "Fix the profile" not in proc.stderr
+    assert not (tmp_path / "o").exists()
