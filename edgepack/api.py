@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgepack.errors import UsageError
 from edgepack.pipeline import run_plan
-from edgepack.plan import Options, PackageResult, Plan, make_plan
+from edgepack.plans import Options, PackageResult, Plan, make_plan
 from edgepack.profiles import Profile, builtin_names, load_all, load_profile
 
 if TYPE_CHECKING:  # the result types live beside their (heavier) producers, imported when called

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.errors import DataError, EdgepackError, UsageError
-from edgepack.plan import Options, Plan
+from edgepack.plans import Options, Plan
 from edgepack.profiles import Precision, Profile, Step
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Running a plan: build the run context once, then run every target as an isolated cell.
 
-``package`` = :func:`edgepack.plan.make_plan` -> :func:`run_plan`:
+``package`` = :func:`edgepack.plans.make_plan` -> :func:`run_plan`:
 
 1. pre-flight checks that need no framework (destinations), per target;
 2. :func:`edgepack.context.build_context`: the source (compressed when asked), the data, the samples;
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgepack.errors import EdgepackError, InternalError, OutputExistsError, UsageError
-from edgepack.plan import (  # noqa: F401 - the plan types are part of this module's interface
+from edgepack.plans import (  # noqa: F401 - the plan types are part of this module's interface
     Options,
     PackageResult,
     Plan,

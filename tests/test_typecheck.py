@@ -48,5 +48,5 @@ def test_api_results_are_typed_not_any(tmp_path):
         "edgepack.integrity.VerifyReport",
         "edgepack.devicecheck.CheckResult",
         "edgepack.emulator.qemu.EmuEnv",
-        "edgepack.plan.PackageResult",
+        "edgepack.plans.PackageResult",
     ], proc.stdout[-6000:]

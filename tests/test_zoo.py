@@ -189,6 +189,15 @@ def test_com_microsoft_onnx_packages_for_onnxruntime(tmp_path):
     assert cell["validation"]["passed"]
 
 
+def test_recurrent_vad_with_if_and_scalar_input_packages(tmp_path):
+    """Silero VAD: LSTM inside If branches, a (2, 1, 128) state input and a scalar int64 ``sr``."""
+    model = zoo.BY_NAME["silero-vad-if"]
+    summary = package(fetch(model.name), ["rpi4-arm64", "intel-openvino-cpu"], tmp_path / "out", model.cli_args)
+    for target, cell in cells(summary).items():
+        assert cell["ok"], f"{target}: {cell.get('error')}"
+        assert cell["validation"]["passed"], target
+
+
 # ---- everything (slow) ----
 
 

@@ -46,7 +46,7 @@ def installed(kind: str) -> dict[str, str | None]:
 def _not_measured(kind: str, measured: set[str]) -> set[str]:
     """Ops the runtime may run that no test model measured: they are ``unknown``, not unsupported."""
     if kind == "onnx2tf":
-        from edgepack.compat.refresh import onnx2tf_ops
+        from edgepack.compat.tablefile import onnx2tf_ops
 
         bare = {op.rpartition(".")[2] for op in measured}
         return set(onnx2tf_ops()) - bare
@@ -78,7 +78,7 @@ def measure_ops(
         "ran_opsets": {op: sorted(summary[op].ran | summary[op].wrong) for op in sorted(ran)},
     }
     if kind == "onnxruntime_cpu":
-        from edgepack.compat.refresh import onnxruntime_cpu_kernels
+        from edgepack.compat.tablefile import onnxruntime_cpu_kernels
 
         ops["opsets"] = onnxruntime_cpu_kernels()
     if per_op is None:
@@ -103,7 +103,7 @@ def table_text(
     kind: str, *, per_op: int | None = None, budget_s: float | None = None, cache: Path | None = None
 ) -> str:
     """Measure table ``kind`` and return its TOML text."""
-    from edgepack.compat.refresh import to_toml
+    from edgepack.compat.tablefile import to_toml
 
     per_op = per_op if per_op is not None else DEFAULT_PER_OP.get(RUNTIME_OF[kind])
     ops, tried = measure_ops(kind, per_op=per_op, budget_s=budget_s, cache=cache)

@@ -114,7 +114,7 @@ def _has_converter(graph: Any) -> None:
     onnx2tf would run onnxsim and trace the graph (~15 s) before failing the same
     way; a model of more nodes is converted, as onnxsim may fold a node away.
     """
-    from edgepack.compat.refresh import onnx2tf_ops
+    from edgepack.compat.tablefile import onnx2tf_ops
 
     if len(graph.node) == 1 and graph.node[0].op_type not in onnx2tf_ops():
         raise RuntimeError(f"No module named 'onnx2tf.ops.{graph.node[0].op_type}' (onnx2tf has no converter)")

@@ -27,7 +27,7 @@ import dataclasses
 import os
 
 from edgepack.context import RunContext
-from edgepack.plan import TargetPlan, TargetResult
+from edgepack.plans import TargetPlan, TargetResult
 from edgepack.stages.base import CellState, Stage, StageResult
 from edgepack.stages.bundle import (
     REPORT_DIR,

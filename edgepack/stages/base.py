@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from edgepack.artifact import Artifact
     from edgepack.context import RunContext
-    from edgepack.plan import TargetPlan
+    from edgepack.plans import TargetPlan
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.context import RunContext
-from edgepack.plan import TargetPlan
+from edgepack.plans import TargetPlan
 from edgepack.profiles import Precision, Step
 from edgepack.shapes import InputShape, ranges_from_meta, runs_dynamic
 from edgepack.stages.base import CellState, StageResult
