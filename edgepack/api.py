@@ -167,7 +167,10 @@ def package(
     if failed:
         first = failed[0].failure
         assert first is not None
-        message = "; ".join(f"{t.target}: {t.error}" for t in failed)
+        lines = [t.error or "" for t in failed]
+        message = "; ".join(
+            line if line.startswith(f"{t.target}:") else f"{t.target}: {line}" for t, line in zip(failed, lines)
+        )
         if len(result.targets) > 1:
             message = f"{len(failed)} of {len(result.targets)} targets failed: {message}"
         error = type(first)(message)

@@ -112,7 +112,8 @@ def print_result(result: Any, as_json: bool) -> None:
 def _print_notes(result: Any) -> None:
     for t in result.targets:
         if t.error:
-            out.print(f"✗ {t.target}: {t.error}", highlight=False, markup=False)
+            line = t.error if t.error.startswith(f"{t.target}:") else f"{t.target}: {t.error}"
+            out.print(f"✗ {line}", highlight=False, markup=False)
     for t in result.targets:
         if t.error:
             continue

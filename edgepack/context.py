@@ -81,6 +81,7 @@ class RunContext:
     eval_dataset: Dataset | None = None
     samples: list[list[Any]] | None = None
     data_description: dict[str, Any] | None = None
+    custom_ops: tuple[str, ...] = ()  # a .tflite source's custom operators: no target runtime has them
     intermediates: Intermediates = field(default_factory=lambda: Intermediates(Path(tempfile.gettempdir())))
     _reference: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -137,9 +138,21 @@ def build_context(plan: Plan, options: Options, workdir: Path, progress: Progres
         samples=samples,
         data_description=description,
         intermediates=Intermediates(workdir / "steps"),
+        custom_ops=tuple(_custom_ops(source)),
     )
-    refuse_non_finite(ctx)
+    if not ctx.custom_ops:  # a model with custom operators cannot run here; each target refuses it by name
+        refuse_non_finite(ctx)
     return ctx
+
+
+def _custom_ops(source: Artifact) -> list[str]:
+    from edgepack.artifact import ModelFormat
+
+    if source.format is not ModelFormat.TFLITE:
+        return []
+    from edgepack.inspection import custom_tflite_ops
+
+    return custom_tflite_ops(source.path)
 
 
 def refuse_non_finite(ctx: RunContext, count: int = 2) -> None:

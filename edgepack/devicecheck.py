@@ -31,6 +31,7 @@ COUNT_NOTE = (
     "ONNX Runtime within 1e-5, 32-bit ARM within 1e-4)"
 )
 # Runner name -> what its wall-clock latency is (runners may say better with a ``latency_label``).
+EMULATED_RUNNERS = ("qemu-user", "docker")  # runners that are not the device itself
 LATENCY_LABELS = {
     "native": "measured natively on this x86_64 host",
     "qemu-user": "EMULATED (QEMU user-mode TCG on an x86_64 host): not a device time",
@@ -157,6 +158,9 @@ def check_bundle(
         args = run_args(profile, backend.name, bundle)
         result, shared = _run(backend, bundle, manifest, io, args)
         if result.returncode != 0:
+            crash = crash_signal(result)
+            if crash is not None:
+                raise _crash_error(profile, backend.name, bundle, io, args, crash)
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise DeviceCheckError(
                 f"{profile.name}: run.py failed on the {backend.name} runner: {tail[0][:300]}",
@@ -216,6 +220,55 @@ def require_execution(profile: Profile, delegation: dict[str, Any] | None) -> No
             f"{profile.name}: " + "; ".join(problems),
             hint="See the device check's `delegation` record; change the model's operators or relax the profile.",
         )
+
+
+SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 11: "SIGSEGV"}
+
+
+def crash_signal(result: Any) -> int | None:
+    """The signal that killed run.py (a crash in native code, not a Python error), or None.
+
+    A local process reports it as a negative return code; qemu-user also prints
+    ``qemu: uncaught target signal N`` (and a shell in between returns 128 + N).
+    """
+    import re
+
+    found = re.search(r"uncaught target signal (\d+)", result.stderr or "")
+    if found:
+        return int(found.group(1))
+    if result.returncode < 0:
+        return -result.returncode
+    return result.returncode - 128 if result.returncode - 128 in SIGNALS else None
+
+
+def _crash_error(profile: Profile, runner: str, bundle: Path, io: Path, args: list[str], signal: int) -> Exception:
+    """Says what crashed and where; reruns run.py on this host to tell an emulator crash from the bundle's own."""
+    from edgepack.emulator import LocalRunner
+
+    name = SIGNALS.get(signal, f"signal {signal}")
+    em = profile.emulation
+    where = f"qemu-{em.qemu_arch} -cpu {em.qemu_cpu}" if runner == "qemu-user" else runner
+    files = ["--input", str(io / "in.npz"), "--output", str(io / "host.npz"), "--report", str(io / "host.json")]
+    host = LocalRunner().run(bundle, [*files, *args], env={})
+    runtime = ", ".join(em.wheels) or profile.runtime.value
+    if host.ok and runner in EMULATED_RUNNERS:
+        return DeviceCheckError(
+            f"{profile.name}: run.py crashed with {name} in native code under the emulator ({where}, {runtime}) "
+            "while the same run.py and inputs run on this host: the emulated runtime crashed, not the bundle.",
+            hint="Check on the device with `edgepack check --runner ssh://user@host`, or skip with --no-device-check; "
+            "`edgepack check --debug` shows the guest's output.",
+        )
+    if host.ok:
+        return DeviceCheckError(
+            f"{profile.name}: run.py crashed with {name} in native code on the {runner} runner "
+            "while it runs on this host: the device's runtime build crashes on this model.",
+            hint="Compare the device's runtime version with the host's (`edgepack check --debug`).",
+        )
+    return DeviceCheckError(
+        f"{profile.name}: run.py crashed with {name} in native code on the {runner} runner and fails on this host "
+        f"too (exit {host.returncode}): the runtime crashes on this model.",
+        hint="Run `python run.py` in the bundle folder to see the failure.",
+    )
 
 
 def run_args(profile: Profile, runner: str, bundle: Path) -> list[str]:

@@ -204,6 +204,23 @@ def _tflite_ops(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     return dict(ops.most_common()), versions
 
 
+def custom_tflite_ops(path: Path) -> list[str]:
+    """The custom operators of a .tflite (MediaPipe's ``Convolution2DTransposeBias``, ``Flex*`` TF ops...).
+
+    No target runtime has their kernels (LiteRT needs them registered by the app; converters pass them
+    through), so such a model can only be refused, naming them all. The file is read, not loaded.
+    """
+    schema = tflite_schema()
+    model = load_tflite(path)
+    custom = getattr(schema.BuiltinOperator, "CUSTOM", 32)
+    found = {
+        tflite_op_name(schema, code)
+        for code in model.operatorCodes or ()
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == custom
+    }
+    return sorted(found)
+
+
 def _inspect_tflite(
     path: Path, fmt: ModelFormat, shapes: dict[str, tuple[int, ...]], batch: int, trust_code: bool
 ) -> InspectReport:

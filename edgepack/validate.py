@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edgepack.errors import AccuracyError, DataError, ModelError
+from edgepack.source_kind import Yardstick, yardstick
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,6 +83,7 @@ class ValidationReport:
         inputs: "given", or "random (seed N)" for seeded uniform [0, 1) inputs.
         input_permutations: Per input, the axes permutation applied to the source's
             input for the artifact (NHWC<->NCHW), or None.
+        yardstick: The rule applied ("float" or "int8") and why (``edgepack.source_kind``).
     """
 
     outputs: tuple[OutputMetrics, ...]
@@ -96,6 +98,7 @@ class ValidationReport:
     samples: int
     inputs: str
     input_permutations: tuple[tuple[int, ...] | None, ...] = field(default=())
+    yardstick: Yardstick | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,7 @@ class ValidationReport:
             "samples": self.samples,
             "inputs": self.inputs,
             "input_permutations": [list(p) if p else None for p in self.input_permutations],
+            **({"yardstick": self.yardstick.to_dict()} if self.yardstick else {}),
         }
 
     def raise_if_failed(self) -> None:
@@ -121,8 +125,7 @@ class ValidationReport:
             f"{self.candidate_runtime} artifact is outside the accuracy budget over {self.samples} sample(s): "
             + "; ".join(self.failures)
             + ".",
-            hint="Raise the accuracy tolerances (accuracy.max_abs_error, accuracy.min_cosine, "
-            "accuracy.min_top1_agreement) in your profile, or use --allow-accuracy-drop.",
+            hint=(self.yardstick or Yardstick("float", "")).hint,
         )
 
 
@@ -282,7 +285,8 @@ def validate(
         samples: Input samples, each a list of arrays in the source's input order
             with the model's batch size; None for ``count`` seeded random samples
             (uniform [0, 1), like the bundle's run.py) of the source's input shapes.
-        tolerance: The profile's accuracy table (see :func:`check_metrics`).
+        tolerance: The profile's accuracy table (see :func:`check_metrics`; a quantized .tflite source is judged
+            by its int8 criteria instead, see :mod:`edgepack.source_kind`).
         seed: Seed of the random samples.
         count: Number of random samples.
         precision: Inference precision hint for the artifact's runtime (OpenVINO).
@@ -312,7 +316,8 @@ def validate(
         outputs = candidate.run([permute(a, p) for a, p in zip(sample, perms, strict=True)])
         cand_runs.append([size1_moved(outputs[i], r) for i, r in zip(order, ref_runs[-1], strict=False)])
     metrics = compare_outputs(gather(ref_runs), gather(cand_runs), names)
-    failures = check_metrics(metrics, tolerance)
+    rule = yardstick(source, artifact)  # a quantized .tflite source is judged by the int8 criteria
+    failures = check_metrics(metrics, tolerance) if rule.name == "float" else rule.int8_failures(metrics, tolerance)
     return ValidationReport(
         outputs=tuple(metrics),
         passed=not failures,
@@ -326,6 +331,7 @@ def validate(
         samples=len(feeds),
         inputs=origin,
         input_permutations=tuple(perms),
+        yardstick=rule,
     )
 
 

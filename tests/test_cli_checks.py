@@ -113,3 +113,21 @@ def test_an_unknown_jetpack_lists_the_known_ones(tmp_path: Path) -> None:
     assert "--jetpack 9.9" in proc.stderr and "6.1 (TensorRT 10.3)" in proc.stderr
     assert "Fix the profile" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_same_model_and_data_at_other_paths_give_the_same_archive(tmp_path: Path) -> None:
+    import shutil
+
+    data = ROOT / "calibration" / "digits" / "digits.npz"
+    archives = []
+    for where in ("a", "b/deeper"):
+        folder = tmp_path / where
+        folder.mkdir(parents=True)
+        model, samples = shutil.copy(DIGITS, folder / "model.keras"), shutil.copy(data, folder / "samples.npz")
+        result = edgepack.package(
+            model, targets=["rpi4-arm64-onnxruntime"], out=folder / "out", data=samples, device_check=False
+        )
+        archives.append(result.targets[0].archive.read_bytes())
+        manifest = result.targets[0].manifest
+        assert str(folder) not in json.dumps(manifest)  # nothing host-specific is sealed
+    assert archives[0] == archives[1]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 from edgepack.compat import CompatVerdict, check_compatibility
+from edgepack.compat.check import precheck_onnx_for
 from edgepack.compat.refresh import tflite_kernels
 from edgepack.compat.tablefile import onnx2tf_ops, onnxruntime_cpu_kernels, to_toml
 from edgepack.compat.tables import available, load_table
@@ -189,3 +191,64 @@ def test_onnx_function_ops_count_as_supported_by_onnxruntime():
     assert verdict.ok and not verdict.unsupported
     made_up = check_compatibility({"NoSuchOp": 1}, load_profile("rpi4-arm64-onnxruntime"), opset=15)
     assert made_up.unsupported == ("NoSuchOp",)
+
+
+# --------------------------------------------------------------------------- precheck of an ONNX source
+
+
+def _onnx_source(tmp_path, nodes, initializers=()) -> Path:
+    """A graph ``x -> nodes -> y`` written as given (custom-domain ops are loaded, never run)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    value = helper.make_tensor_value_info
+    inits = [numpy_helper.from_array(np.ones((4, 4), np.float32), name) for name in initializers]
+    graph = helper.make_graph(nodes, "g", [value("x", 1, [1, 4])], [value("y", 1, None)], inits)
+    domains = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=domains), path)
+    return path
+
+
+def test_precheck_refuses_custom_domain_ops_onnx2tf_has_no_converter_for(tmp_path) -> None:
+    from onnx import helper
+
+    nodes = [
+        helper.make_node("DynamicQuantizeLSTM", ["x"], ["h"], domain="com.microsoft"),
+        helper.make_node("FusedConv", ["h", "w"], ["c"], domain="com.microsoft"),  # onnx2tf converts it
+        helper.make_node("MatMulInteger", ["c", "w"], ["m"]),  # measured unsupported, but it has a converter
+        helper.make_node("QuickGelu", ["w"], ["k"], domain="com.microsoft"),  # constants only: folding removes it
+        helper.make_node("Add", ["m", "k"], ["y"]),
+    ]
+    path = _onnx_source(tmp_path, nodes, initializers=["w"])
+    litert = [p for p in load_all() if p.runtime in (Runtime.LITERT, Runtime.TFLITE_RUNTIME)]
+    assert litert
+
+    for profile in litert:
+        assert precheck_onnx_for(profile, path) == ["com.microsoft.DynamicQuantizeLSTM"], profile.name
+    for profile in load_all():
+        if profile not in litert:  # these take the ONNX graph as it is: checked after it is prepared
+            assert precheck_onnx_for(profile, path) == [], profile.name
+
+
+def test_precheck_leaves_ai_onnx_ops_to_the_conversion(tmp_path) -> None:
+    from onnx import helper
+
+    nodes = [helper.make_node("Loop", ["x"], ["l"]), helper.make_node("Erf", ["l"], ["y"])]  # both measured failing
+    assert precheck_onnx_for(load_profile("rpi4-arm64"), _onnx_source(tmp_path, nodes)) == []
+
+
+def test_onnx2tf_verdict_names_custom_domain_ops_without_a_converter() -> None:
+    ops = {"com.microsoft.DynamicQuantizeLSTM": 2, "com.microsoft.FusedConv": 1, "Conv": 3}
+    verdict = check_compatibility(ops, load_profile("rpi4-arm64"), opset=17)
+    assert verdict.unsupported == ("com.microsoft.DynamicQuantizeLSTM",)
+    assert "com.microsoft.FusedConv" in verdict.unknown  # onnx2tf has a converter no test model ran
+    assert any(n.startswith("com.microsoft.DynamicQuantizeLSTM: onnx2tf has no converter") for n in verdict.notes)
+
+
+def test_openvino_runs_onnxruntimes_dynamic_quantized_lstm() -> None:
+    """The docs' table leaves it out, but OpenVINO's frontend converts it (the zoo's tashkeel-int8-msft ran)."""
+    ops = {"com.microsoft.DynamicQuantizeLSTM": 2}
+    verdict = check_compatibility(ops, load_profile("intel-openvino-cpu"), opset=17)
+    assert verdict.ok and not verdict.unsupported

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 from pathlib import Path
 
@@ -23,9 +22,6 @@ from edgepack.shapes import (
     trtexec_flags,
 )
 from edgepack.source import open_source, parse_input_shapes
-
-RAPIDOCR_HINT = "pip install --no-deps rapidocr-onnxruntime==1.4.4"
-
 
 # --------------------------------------------------------------------------- test graphs
 
@@ -303,13 +299,11 @@ def test_dims_stay_dynamic_for_dynamic_runtimes(tmp_path):
 
 
 def _rapidocr_model(name: str) -> Path:
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")  # does not import it (it needs OpenCV)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"real-model package rapidocr-onnxruntime is not installed; run: {RAPIDOCR_HINT}")
-    for folder in spec.submodule_search_locations:
-        if (Path(folder) / "models" / name).is_file():
-            return Path(folder) / "models" / name
-    pytest.fail(f"rapidocr-onnxruntime has no models/{name}; run: {RAPIDOCR_HINT}")
+    """The model from the zoo's pinned rapidocr-onnxruntime wheel (downloaded and unpacked at test time)."""
+    from tests.zoo import fetch
+
+    zoo_name = {"ch_ppocr_mobile_v2.0_cls_infer.onnx": "ppocr-cls", "ch_PP-OCRv4_rec_infer.onnx": "ppocr-rec"}[name]
+    return fetch(zoo_name)
 
 
 def test_real_ppocr_classifier_fixes_to_48x192(tmp_path):

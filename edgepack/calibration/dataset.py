@@ -178,7 +178,7 @@ class Dataset:
         """Facts for a manifest: source, kind, count, shapes, dtypes, preprocessing, selection and sha256."""
         o = self._origin
         return {
-            "source": o.source,
+            "source": Path(o.source).name,  # the name only: same bytes, same bundle, wherever the data sits
             "kind": o.kind,
             "samples": len(self),
             "batch": self._batch,

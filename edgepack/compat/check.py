@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from edgepack.compat.tables import OpTable, available, load_table, merge
@@ -292,6 +293,9 @@ def _onnx_via_onnx2tf(found: _Findings, ops: Mapping[str, int], runtime_table: O
         if _split(op)[1] in bare:
             continue
         (found.unknown if _split(op)[1] in unknown else found.unsupported).add(op)
+    missing = sorted(op for op in found.unsupported if _no_onnx2tf_converter(op, onnx2tf))
+    if missing:
+        found.notes.append(f"{', '.join(missing)}: onnx2tf has no converter for that op type (it ignores the domain)")
     tools = onnx2tf.meta.get("tools", [onnx2tf.tool])
     found.notes.append(
         f"ONNX ops {onnx2tf.provenance}: a test model of the op converted and ran ({', '.join(tools[:2])}); "
@@ -302,6 +306,57 @@ def _onnx_via_onnx2tf(found: _Findings, ops: Mapping[str, int], runtime_table: O
         names = ", ".join(sorted(found.unknown))
         found.notes.append(f"{names}: onnx2tf has a converter, but none of its test models tried converted and ran")
     return found
+
+
+def _no_onnx2tf_converter(op: str, onnx2tf: OpTable) -> bool:
+    """Whether ``op`` is outside ai.onnx and onnx2tf certainly has no converter for its op type.
+
+    onnx2tf imports ``onnx2tf.ops.<op_type>`` whatever the domain, so ``com.microsoft.FusedConv`` converts
+    and ``com.microsoft.DynamicQuantizeLSTM`` fails. The table lists every op type onnx2tf has a converter
+    for (``test_onnx2tf_table_covers_every_converter_once``): an op type it lists in ai.onnx may have one.
+    """
+    domain, op_type = _split(op)
+    if domain in ("", "ai.onnx"):
+        return False
+    listed = [_split(name) for name in onnx2tf.supported | onnx2tf.unknown | onnx2tf.unsupported]
+    if op_type in {bare for where, bare in listed if where in ("", "ai.onnx")}:
+        return False  # onnx2tf may have a converter for the op type
+    return op in onnx2tf.unsupported or op_type not in {bare for _, bare in listed}
+
+
+def precheck_onnx_for(profile: Profile, model_path: Path) -> list[str]:
+    """Operators of an ONNX source that ``profile``'s conversion certainly cannot take, before converting.
+
+    Only what the tables are sure of: for LiteRT targets (converted by onnx2tf), operators outside
+    ai.onnx whose op type onnx2tf has no converter for (``com.microsoft.DynamicQuantizeLSTM``), in the
+    top-level graph and fed by a graph input (folding cannot remove them). An op that a measured table
+    marks unsupported but that a converter exists for is left to the conversion and the static check;
+    other runtimes take the ONNX graph as it is and are checked after it is prepared.
+
+    Args:
+        profile: the target.
+        model_path: the ONNX source.
+
+    Returns:
+        The operators refused (``domain.OpType`` outside ai.onnx), sorted; empty when none is.
+    """
+    if profile.runtime.value not in ("litert", "tflite-runtime"):
+        return []
+    from edgepack.deps import require
+
+    onnx = require("onnx")
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    onnx2tf = load_table("onnx2tf")
+    fed = {value.name for value in graph.input} - {init.name for init in graph.initializer}
+    refused: set[str] = set()
+    for node in graph.node:  # topological order: ``fed`` holds every tensor a graph input reaches
+        if not fed.intersection(node.input):
+            continue
+        fed.update(node.output)
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if _no_onnx2tf_converter(op, onnx2tf):
+            refused.add(op)
+    return sorted(refused)
 
 
 def _check_unknown_runtime(profile: Profile, ops: Mapping[str, int], *_: Any) -> _Findings:

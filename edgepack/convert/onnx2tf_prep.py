@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import TensorSpec
+from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, scope_safe_names
 from edgepack.convert.ortcheck import compare, random_feeds, run_onnx
 from edgepack.tools import first_line, quiet
 
@@ -178,7 +179,7 @@ def prepare(model: Any, inputs: Sequence[TensorSpec]) -> tuple[Any, dict[str, An
     Returns:
         The prepared model and facts for the artifact meta: ``folded_with`` (tool or None),
         ``inlined_ifs`` (If nodes replaced by a branch), ``split_slices`` (channel Slices of a Conv
-        made Convs), ``nodes_before``/``nodes_after``,
+        made Convs), ``renamed_nodes`` and ``coerced_softmax`` (``onnx2tf_rewrites``), ``nodes_before``/``nodes_after``,
         ``notes`` (rewrites refused and why).
     """
     feeds = random_feeds(inputs, seed=0, count=1)
@@ -310,4 +311,6 @@ def _channel_slice(
 REWRITES: tuple[tuple[str, Callable[[Any], list[str]]], ...] = (
     ("inlined_ifs", inline_constant_ifs),
     ("split_slices", split_channel_slices),
+    ("renamed_nodes", scope_safe_names),
+    ("coerced_softmax", flatten_coercing_softmax),
 )

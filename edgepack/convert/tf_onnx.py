@@ -4,10 +4,16 @@ Inputs are converted with the source's static shapes (a fixed ``input_signature`
 or ``shape_override``), so a Keras model with batch ``None`` becomes an ONNX model
 with batch 1, not a dynamic dim. The opset is the requested one, capped at the
 highest tf2onnx knows (18 for tf2onnx 1.17).
+
+Functions (a SavedModel's serving signature, a traced Keras call) are converted from their concrete
+function with only the signature's arguments as graph inputs: tf2onnx's ``from_function`` also takes
+captured non-variable tensors (e.g. a precomputed CQT kernel) as inputs. When the ONNX graph's inputs
+still are not the source's, a SavedModel takes the SavedModel -> TFLite -> ONNX route instead.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from edgepack.artifact import Artifact, ModelFormat
 from edgepack.convert.keras_tflite import load_model, savedmodel_function
 from edgepack.deps import require
+from edgepack.errors import ConversionError
 from edgepack.modelio import describe, read_specs
 from edgepack.tools import fresh_dir, run_tool, tool_meta
 
@@ -52,7 +59,34 @@ def _from_keras(src: Artifact, opset: int, path: Path, options: ConvertOptions) 
             return dict(zip(names, results, strict=True))
 
         reset_names()
-        tf2onnx.convert.from_function(call, input_signature=signature, opset=opset, output_path=str(path))
+        from_function(call, signature, opset, path)
+
+
+def from_function(function: Any, signature: list[Any], opset: int, path: Path) -> None:
+    """Convert ``function`` traced on ``signature`` to ONNX, its graph inputs being the signature's arguments.
+
+    tf2onnx's ``from_function`` makes every non-resource tensor of the concrete function an input, captured
+    constants included; here only the arguments are inputs and freezing turns the captures into constants.
+    Outputs are named like the function's structured outputs (a signature's output keys).
+    """
+    tf = require("tensorflow")
+    tf2onnx = require("tf2onnx")
+    loader: Any = require("tf2onnx.tf_loader")
+    concrete = function.get_concrete_function(*signature)
+    inputs = [t.name for t in concrete.inputs[: len(signature)]]  # the arguments come first, the captures after
+    outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
+    rename = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
+    with tf.device("/cpu:0"):
+        graph_def = loader.from_function(concrete, inputs, outputs)
+    tf2onnx.convert.from_graph_def(
+        graph_def,
+        name=concrete.name,
+        input_names=inputs,
+        output_names=outputs,
+        opset=opset,
+        tensors_to_rename=rename,
+        output_path=str(path),
+    )
 
 
 def canonical_names(path: Path) -> None:
@@ -93,9 +127,45 @@ def reset_names() -> None:
 
 
 def _from_savedmodel(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
-    tf2onnx = require("tf2onnx")
     function, signature, _loaded = savedmodel_function(src)
-    tf2onnx.convert.from_function(function, input_signature=signature, opset=opset, output_path=str(path))
+    from_function(function, signature, opset, path)
+
+
+def _via_tflite(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
+    """SavedModel -> .tflite (TFLiteConverter, fp32) -> ONNX (tf2onnx ``from_tflite``), I/O named like the source.
+
+    The .tflite's signature keys (the SavedModel's input and output names) rename the ONNX graph's inputs and
+    outputs, so validation pairs outputs by name even where the .tflite wrote them in another order.
+    """
+    import dataclasses
+
+    from edgepack.convert import keras_tflite
+    from edgepack.modelio import tflite_signature_names
+
+    tflite = keras_tflite.convert(src, path.parent / "via_tflite", dataclasses.replace(options, precision="fp32"))
+    _from_tflite(tflite, opset, path, options)
+    _rename_io(path, tflite_signature_names(Path(tflite.path)))
+
+
+def _rename_io(path: Path, names: dict[str, str]) -> None:
+    """Rename graph inputs and outputs (and every use of them) by ``names``; others keep theirs."""
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    graph = model.graph
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {i.name for i in graph.initializer}
+    renames = {
+        t.name: names[t.name]
+        for t in (*graph.input, *graph.output)
+        if names.get(t.name) and names[t.name] != t.name and names[t.name] not in taken
+    }
+    if not renames:
+        return
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for item in (*graph.value_info, *graph.input, *graph.output):
+        item.name = renames.get(item.name, item.name)
+    onnx.save(model, str(path))
 
 
 def _from_tflite(src: Artifact, opset: int, path: Path, options: ConvertOptions) -> None:
@@ -125,7 +195,8 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
 
     Raises:
         ModelError: the source cannot be loaded.
-        ConversionError: tf2onnx fails.
+        ConversionError: tf2onnx fails, or its graph inputs are not the source's, on every route (a SavedModel
+            also tries SavedModel -> TFLite -> ONNX; ``meta["route"]`` names the route that worked).
     """
     workdir = fresh_dir(workdir)
     started = time.perf_counter()
@@ -133,13 +204,59 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
     wanted = options.opset or DEFAULT_OPSET
     opset = min(wanted, cap)
     path = workdir / "model.onnx"
-    reset_names()
-    run_tool(
-        lambda: _FROM[src.format](src, opset, path, options),
-        failure=f"tf2onnx could not convert {src.path.name} to ONNX opset {opset}",
-        hint="Try another opset (the profile's 'opset'), or convert the model to ONNX yourself and package the .onnx.",
+    routes = [("tf2onnx", _FROM[src.format])]
+    if src.format is ModelFormat.SAVEDMODEL:
+        routes.append(("SavedModel -> TFLite -> tf2onnx", _via_tflite))
+    problems: list[ConversionError] = []
+    for route, action in routes:
+        reset_names()
+        try:
+            run_tool(
+                functools.partial(action, src, opset, path, options),
+                failure=f"{route} could not convert {src.path.name} to ONNX opset {opset}",
+                hint=_HINT,
+            )
+            _check_inputs(src, path, route)
+        except ConversionError as exc:
+            problems.append(exc)
+            continue
+        canonical_names(path)
+        extra: dict[str, Any] = {"opset_requested": wanted} if wanted != opset else {}
+        if problems:
+            extra["route"] = route
+            extra["route_notes"] = [p.message for p in problems]
+        seconds = round(time.perf_counter() - started, 3)
+        meta = tool_meta("tf2onnx", opset=opset, precision="fp32", seconds=seconds, **extra)
+        return describe(src, path, ModelFormat.ONNX, read_specs(path, ModelFormat.ONNX), meta=meta)
+    if len(problems) == 1:
+        raise problems[0]
+    raise ConversionError(
+        f"every route to ONNX failed for {src.path.name}: " + "; ".join(p.message.rstrip(".") for p in problems) + ".",
+        hint="Package it for a LiteRT target instead, or convert the model to ONNX yourself and package the .onnx.",
     )
-    canonical_names(path)
-    extra: dict[str, Any] = {"opset_requested": wanted} if wanted != opset else {}
-    meta = tool_meta("tf2onnx", opset=opset, precision="fp32", seconds=round(time.perf_counter() - started, 3), **extra)
-    return describe(src, path, ModelFormat.ONNX, read_specs(path, ModelFormat.ONNX), meta=meta)
+
+
+_HINT = "Try another opset (the profile's 'opset'), or convert the model to ONNX yourself and package the .onnx."
+
+
+def _check_inputs(src: Artifact, path: Path, route: str) -> None:
+    """Raise when the ONNX graph's inputs are not the source's (e.g. a captured constant became an input)."""
+    actual, _ = read_specs(path, ModelFormat.ONNX)
+    wanted = {_plain(spec.name) for spec in src.inputs}
+    named_or_shaped = all(
+        _plain(have.name) in wanted or tuple(have.shape) == tuple(spec.shape)
+        for have, spec in zip(actual, src.inputs, strict=False)
+    )
+    if len(actual) == len(src.inputs) and named_or_shaped:
+        return
+    got = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in actual)
+    want = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in src.inputs)
+    raise ConversionError(
+        f"{route} gave {src.path.name} the graph input(s) {got} instead of the signature's {want}.",
+        hint=_HINT,
+    )
+
+
+def _plain(name: str) -> str:
+    """A tensor name without the decorations converters add (``serving_default_x:0`` -> ``x``)."""
+    return name.split(":")[0].removeprefix("serving_default_")

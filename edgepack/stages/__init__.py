@@ -9,6 +9,7 @@ Each stage reads the run context and the cell's state and returns a
 ======================  ==============================================================
 stage                   does
 ======================  ==============================================================
+operator-precheck       operators the target's runtime cannot run, refused by name before converting
 convert                 the route of formats, each ONNX on the way fixed and simplified
 compression-on-device   (with compression, emulated targets) float before vs after
 quantize                int8 / fp16 / dynamic, gated on held-out data, repaired
@@ -37,12 +38,13 @@ from edgepack.stages.bundle import (
     SealStage,
     StageFilesStage,
 )
-from edgepack.stages.checks import QuantizeStage, StaticCheckStage, ValidateStage
+from edgepack.stages.checks import OperatorPrecheckStage, QuantizeStage, StaticCheckStage, ValidateStage
 from edgepack.stages.convert import ConvertStage
 
 __all__ = ["ARTIFACT_STAGES", "BUNDLE_STAGES", "CellState", "Stage", "StageResult", "run_target"]
 
 ARTIFACT_STAGES: tuple[Stage, ...] = (
+    OperatorPrecheckStage(),
     ConvertStage(),
     CompressionOnDeviceStage(),
     QuantizeStage(),

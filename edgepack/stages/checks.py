@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edgepack.artifact import ModelFormat
 from edgepack.context import RunContext
 from edgepack.errors import ConversionError, DataError
-from edgepack.profiles import Step
+from edgepack.profiles import Profile, Step
 from edgepack.stages.base import CellState, StageResult
+
+
+def unsupported(profile: Profile, ops: Sequence[str], why: str = "") -> ConversionError:
+    """The one wording of an operator verdict: the target's runtime cannot run these operators."""
+    return ConversionError(
+        f"{profile.name}: {profile.runtime.value} cannot run operator(s) {', '.join(ops)}{why}.",
+        hint="Replace them in the model, or choose another target (see `edgepack inspect MODEL`).",
+    )
+
+
+class OperatorPrecheckStage:
+    """Before any conversion: operators the target's runtime is known not to run are refused by name."""
+
+    name = "operator-precheck"
+
+    def applies(self, ctx: RunContext, state: CellState) -> bool:
+        return True
+
+    def run(self, ctx: RunContext, state: CellState) -> StageResult:
+        if ctx.custom_ops:  # custom TFLite ops: no converter maps them and no runtime has their kernels
+            raise unsupported(state.target.profile, ctx.custom_ops, " (custom TFLite operators)")
+        return StageResult()
 
 
 class QuantizeStage:
@@ -148,8 +171,5 @@ class StaticCheckStage:
         op_kind: OpKind = "tflite" if kind == "tflite" else "onnx"
         verdict = check_compatibility(ops, profile, opset=opset, op_kind=op_kind, op_versions=versions)
         if verdict.unsupported:
-            raise ConversionError(
-                f"{profile.name}: {profile.runtime.value} cannot run operator(s) {', '.join(verdict.unsupported)}.",
-                hint="Replace them in the model, or choose another target (see `edgepack inspect MODEL`).",
-            )
+            raise unsupported(profile, verdict.unsupported)
         return StageResult(sections={"compatibility": {"checked": True, **verdict.to_dict()}})

@@ -46,7 +46,7 @@ class Model:
         return self.outputs()
 
 
-def _tflite(module_names, model_path, threads, shapes=()):
+def _tflite(module_names, model_path, threads, shapes=(), out_shapes=()):
     for name in module_names:
         try:
             module = __import__(name, fromlist=["Interpreter"])
@@ -56,24 +56,45 @@ def _tflite(module_names, model_path, threads, shapes=()):
     else:
         sys.exit("run.py: none of {} is installed; pip install -r requirements.txt".format(", ".join(module_names)))
     interp = module.Interpreter(model_path=model_path, num_threads=threads)
-    for detail, shape in zip(interp.get_input_details(), shapes):  # e.g. a scalar the file declares as [None]
-        if shape is not None and None not in shape and list(detail["shape"]) != list(shape):
-            interp.resize_tensor_input(detail["index"], list(shape), strict=False)
+    for detail, shape in zip(interp.get_input_details(), shapes):  # e.g. [1, 512] for a file's [-1, 512]
+        size = _resize_to(detail["shape"], shape)
+        if size is not None:
+            interp.resize_tensor_input(detail["index"], size, strict=False)
     interp.allocate_tensors()
     ins = interp.get_input_details()
     outs = interp.get_output_details()
 
     def set_inputs(feeds):
         for detail, array in zip(ins, feeds):
-            interp.set_tensor(detail["index"], _quantize(array, detail))
+            array = _quantize(array, detail)
+            if array.ndim == 0 and array.shape != tuple(detail["shape"]):  # a scalar in the [1] tensor
+                array = array.reshape(detail["shape"])
+            interp.set_tensor(detail["index"], array)
 
     def outputs():
-        return [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
+        got = [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
+        # A scalar output computed from a scalar fed as [1] comes out as [1]: it is given back as the scalar.
+        wanted = list(out_shapes) + [None] * len(got)
+        return [o.reshape(()) if s == [] and o.size == 1 else o for o, s in zip(got, wanted)]
 
     version = getattr(module, "__version__", None) or getattr(
         sys.modules[module.__name__.split(".")[0]], "__version__", "?"
     )
     return Model(set_inputs, interp.invoke, outputs, version, lambda: _tflite_delegation(interp, outs))
+
+
+def _resize_to(current, wanted):
+    """The shape to resize an input to before allocation, or None to keep the file's.
+
+    A scalar (``[]``) the file declares as ``[-1]`` (onnx2tf does) stays ``[1]`` and is fed reshaped:
+    resizing to ``[]`` segfaults ai-edge-litert 2.3.0's aarch64 build (see tests/test_scalar_inputs.py).
+    """
+    if wanted is None or None in wanted:
+        return None
+    current = [int(d) for d in current]
+    if list(wanted) == []:
+        return None if all(d == 1 for d in current) else [1] * max(1, len(current))
+    return list(wanted) if current != list(wanted) else None
 
 
 def _tflite_delegation(interp, outs):
@@ -289,10 +310,11 @@ def load(manifest, threads, precision):
     model = os.path.join(HERE, manifest["model"]["file"])
     runtime = manifest["runtime"]["name"]
     shapes = [spec.get("shape") for spec in manifest.get("inputs", [])]
+    out_shapes = [spec.get("shape") for spec in manifest.get("outputs", [])]
     if runtime == "litert":
-        return _tflite(["ai_edge_litert.interpreter", "tflite_runtime.interpreter"], model, threads, shapes)
+        return _tflite(["ai_edge_litert.interpreter", "tflite_runtime.interpreter"], model, threads, shapes, out_shapes)
     if runtime == "tflite-runtime":
-        return _tflite(["tflite_runtime.interpreter", "ai_edge_litert.interpreter"], model, threads, shapes)
+        return _tflite(["tflite_runtime.interpreter", "ai_edge_litert.interpreter"], model, threads, shapes, out_shapes)
     if runtime == "onnxruntime":
         return _onnxruntime(model, threads)
     if runtime == "tensorrt":

@@ -1,0 +1,107 @@
+"""Graph rewrites that spare onnx2tf the ONNX habits it mishandles (used by ``onnx2tf_prep``).
+
+* Node names: onnx2tf passes an ONNX node's name to TensorFlow as the op's name, and TensorFlow
+  refuses a scope name outside ``[A-Za-z0-9_.\\/>-]``. Paddle2ONNX names nodes ``Softmax@0``, so
+  PaddleOCR's classifier failed in ``tf.nn.softmax`` (``'Softmax@0' is not a valid scope name``)
+  in every rung of the ladder. Such names are rewritten with ``_`` (kept unique).
+* Softmax, LogSoftmax and Hardmax before opset 13 coerce their input to 2-D at ``axis`` and
+  normalise over everything from ``axis`` on; onnx2tf normalises over ``axis`` alone. Where
+  ``axis`` is not the last axis, the node becomes ``Flatten(axis) -> op(axis=1) -> Reshape`` back
+  to the input's shape, which means the same at every opset.
+
+Each rewrite changes the model in place and returns the names of the nodes it changed;
+``onnx2tf_prep.prepare`` keeps a rewrite only if onnxruntime computes the same outputs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_BAD_NAME = re.compile(r"[^A-Za-z0-9_.\\/>-]")
+_COERCING = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
+
+
+def scope_safe_names(model: Any) -> list[str]:
+    """Rename nodes (top-level graph) whose names TensorFlow refuses as scope names.
+
+    Returns:
+        The old names of the nodes renamed.
+    """
+    graph = model.graph
+    taken = {node.name for node in graph.node}
+    renamed: list[str] = []
+    for node in graph.node:
+        if not node.name or not _BAD_NAME.search(node.name):
+            continue
+        base = _BAD_NAME.sub("_", node.name)
+        new, suffix = base, 0
+        while new in taken:
+            suffix += 1
+            new = f"{base}_{suffix}"
+        taken.add(new)
+        renamed.append(node.name)
+        node.name = new
+    return renamed
+
+
+def _default_opset(model: Any) -> int | None:
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _ranks(model: Any) -> dict[str, int]:
+    """Rank of every tensor whose shape inference knows it."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no ranks: nothing is rewritten
+        return {}
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    ranks = {
+        value.name: len(value.type.tensor_type.shape.dim)
+        for value in values
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape")
+    }
+    ranks.update({init.name: len(init.dims) for init in inferred.graph.initializer})
+    return ranks
+
+
+def flatten_coercing_softmax(model: Any) -> list[str]:
+    """Spell out opset < 13 Softmax/LogSoftmax/Hardmax over a non-last axis as Flatten -> op -> Reshape.
+
+    Returns:
+        The names (else first outputs) of the nodes rewritten.
+    """
+    from onnx import helper
+
+    opset = _default_opset(model)
+    if opset is None or opset >= 13:
+        return []
+    graph = model.graph
+    if not any(node.op_type in _COERCING and node.domain in ("", "ai.onnx") for node in graph.node):
+        return []
+    ranks = _ranks(model)
+    rewritten: list[str] = []
+    nodes: list[Any] = []
+    for node in graph.node:
+        rank = ranks.get(node.input[0]) if node.op_type in _COERCING and node.domain in ("", "ai.onnx") else None
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        if rank is None or rank == 0 or axis % rank == rank - 1:
+            nodes.append(node)
+            continue
+        tag = _BAD_NAME.sub("_", node.name or node.output[0]) + "/coerced"
+        flat, soft, shape = f"{tag}/flat", f"{tag}/out2d", f"{tag}/shape"
+        nodes.extend(
+            [
+                helper.make_node("Flatten", [node.input[0]], [flat], name=f"{tag}/Flatten", axis=axis % rank),
+                helper.make_node(node.op_type, [flat], [soft], name=f"{tag}/{node.op_type}", axis=1),
+                helper.make_node("Shape", [node.input[0]], [shape], name=f"{tag}/Shape"),
+                helper.make_node("Reshape", [soft, shape], [node.output[0]], name=f"{tag}/Reshape"),
+            ]
+        )
+        rewritten.append(node.name or node.output[0])
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
