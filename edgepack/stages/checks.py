@@ -30,8 +30,15 @@ class OperatorPrecheckStage:
         return True
 
     def run(self, ctx: RunContext, state: CellState) -> StageResult:
+        profile = state.target.profile
         if ctx.custom_ops:  # custom TFLite ops: no converter maps them and no runtime has their kernels
-            raise unsupported(state.target.profile, ctx.custom_ops, " (custom TFLite operators)")
+            raise unsupported(profile, ctx.custom_ops, " (custom TFLite operators)")
+        if ctx.source.format is ModelFormat.ONNX:  # ops of other domains onnx2tf has no converter for
+            from edgepack.compat.check import precheck_onnx_for
+
+            ops = precheck_onnx_for(profile, Path(ctx.source.path))
+            if ops:
+                raise unsupported(profile, ops, " (onnx2tf has no converter for them)")
         return StageResult()
 
 
