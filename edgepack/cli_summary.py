@@ -115,6 +115,10 @@ def _print_notes(result: Any) -> None:
             line = t.error if t.error.startswith(f"{t.target}:") else f"{t.target}: {t.error}"
             out.print(f"✗ {line}", highlight=False, markup=False)
     for t in result.targets:
+        executed = None if t.error else (t.summary().get("device") or {}).get("executed_as")
+        if executed:
+            out.print(f"· {t.target} executed as: {executed}", highlight=False, markup=False)
+    for t in result.targets:
         if t.error:
             continue
         for warning in t.summary().get("warnings", []):

@@ -70,6 +70,11 @@ def check(
     count = result.measurements.get("instructions", {}).get("per_inference")
     if count:
         out.print(f"guest instructions per inference: {count:,}")
+    from edgepack.summary import executed_as
+
+    executed = executed_as(facts.get("delegation"))
+    if executed:
+        out.print(f"executed as: {executed}", highlight=False)
 
 
 emulator_app = typer.Typer(help="Manage the cached emulated devices (QEMU guests).", no_args_is_help=True)

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgepack.summary import executed_as
+
 NOT_FASTER = "INT8 IS NOT FASTER than float on the host: int8 must pay for its accuracy loss, and here it does not"
 
 
@@ -445,6 +447,11 @@ def _device(check: Mapping[str, Any], meas: Mapping[str, Any], profile: Mapping[
         f"outputs agree with the host: {fmt(agreement.get('agree'))}",
     ]
     items += [f"{key}: {check[key]}" for key in ("proxy", "precision") if check.get(key)]
+    executed = executed_as(check.get("delegation"))
+    if executed:
+        items.append(f"executed as: {executed}")
+    if meas.get("shared_run"):
+        items.append("run shared with an identical earlier check (same model bytes, runner, -cpu and inputs)")
     outputs = _rows(agreement.get("outputs") or [], ("output", "max_abs_error"))
     return [
         Heading("Device check"),

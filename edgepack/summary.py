@@ -51,6 +51,29 @@ def _agreement(validation: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def executed_as(delegation: Mapping[str, Any] | None) -> str | None:
+    """One line on what actually executed on the device: delegated ops, reference kernels, int8 or not."""
+    if not delegation:
+        return None
+    if delegation.get("error"):
+        return f"not recorded ({delegation['error']})"
+    int8 = "int8 kernels ran" if delegation.get("int8") else "no int8 kernels"
+    if delegation.get("runtime") == "litert":
+        reference = delegation.get("reference_ops") or {}
+        fallen = ", ".join(f"{name}x{n}" for name, n in reference.items()) or "none"
+        return (
+            f"{delegation.get('delegated_ops')}/{delegation.get('model_ops')} ops delegated; "
+            f"reference kernels: {fallen}; {int8}"
+        )
+    if delegation.get("runtime") == "openvino":
+        precisions = delegation.get("exec_precisions") or {}
+        return "layers by precision: " + (", ".join(f"{k} {v}" for k, v in precisions.items()) or "-") + f"; {int8}"
+    if delegation.get("runtime") == "onnxruntime":
+        providers = ", ".join(delegation.get("providers") or []) or "-"
+        return f"{providers}; {delegation.get('int8_ops', 0)} int8 op(s); {int8}"
+    return int8
+
+
 def _device(manifest: Mapping[str, Any], measurements: Mapping[str, Any]) -> dict[str, Any]:
     check = manifest.get("device_check") or {}
     figures = measurements.get("figures") or {}
@@ -68,6 +91,7 @@ def _device(manifest: Mapping[str, Any], measurements: Mapping[str, Any]) -> dic
         "budget_ms": budget,
         "headroom": (budget / value) if budget is not None and value else None,
         "instructions_per_inference": (measurements.get("instructions") or {}).get("per_inference"),
+        "executed_as": executed_as(check.get("delegation")),
     }
 
 

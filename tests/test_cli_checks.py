@@ -131,3 +131,17 @@ def test_the_same_model_and_data_at_other_paths_give_the_same_archive(tmp_path: 
         manifest = result.targets[0].manifest
         assert str(folder) not in json.dumps(manifest)  # nothing host-specific is sealed
     assert archives[0] == archives[1]
+
+
+def test_executed_as_names_fallbacks_and_int8() -> None:
+    from edgepack.summary import executed_as
+
+    litert = {"runtime": "litert", "model_ops": 33, "delegated_ops": 32, "reference_ops": {"DEPTHWISE_CONV_2D": 1}}
+    assert executed_as({**litert, "int8": False}) == (
+        "32/33 ops delegated; reference kernels: DEPTHWISE_CONV_2Dx1; no int8 kernels"
+    )
+    openvino = {"runtime": "openvino", "exec_precisions": {"f32": 20, "i32": 5}, "int8": False}
+    assert executed_as(openvino) == "layers by precision: f32 20, i32 5; no int8 kernels"
+    ort = {"runtime": "onnxruntime", "providers": ["CPUExecutionProvider"], "int8_ops": 3, "int8": True}
+    assert executed_as(ort) == "CPUExecutionProvider; 3 int8 op(s); int8 kernels ran"
+    assert executed_as(None) is None and executed_as({"error": "x"}) == "not recorded (x)"
