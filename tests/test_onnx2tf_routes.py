@@ -20,6 +20,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from edgepack.artifact import Artifact, ModelFormat, TensorSpec
@@ -28,8 +30,7 @@ from edgepack.convert.onnx2tf_prep import graph_kind, inline_constant_ifs, prepa
 from edgepack.convert.onnx2tf_retry import advice, ladder, node_op_type, parse_failure
 from edgepack.errors import ConversionError
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.tflite
 helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
 OPSET = 17

@@ -17,8 +17,7 @@ import pytest
 
 from edgepack.errors import AccuracyError, ConversionError
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("ai_edge_litert")
+pytestmark = pytest.mark.tflite  # the tflite extra is part of dev: a missing framework fails, not skips
 
 OUTLIER = 1e4
 TRAIN_ROWS = 1400

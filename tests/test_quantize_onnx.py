@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from edgepack.artifact import Artifact, ModelFormat
@@ -13,14 +14,11 @@ from edgepack.bundle import build_engine_script
 from edgepack.calibration import dataset_from_arrays, load_dataset
 from edgepack.errors import UsageError
 from edgepack.profiles import load_profile
-from edgepack.quantize import QuantOptions
+from edgepack.quantize import QuantOptions, onnx_qdq
 from edgepack.source import open_source
 from tests.conftest import DIGITS_NPZ
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from edgepack.quantize import onnx_qdq  # noqa: E402
+pytestmark = pytest.mark.onnx
 
 RPI = "rpi5-arm64-onnxruntime"
 JETSON = "jetson-orin-trt"

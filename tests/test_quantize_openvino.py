@@ -6,23 +6,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
+import openvino as ov
 import pytest
 
 from edgepack.artifact import Artifact
 from edgepack.calibration import load_dataset
+from edgepack.convert import ConvertOptions
+from edgepack.convert.onnx_openvino import convert
 from edgepack.errors import UsageError
 from edgepack.profiles import load_profile
-from edgepack.quantize import QuantOptions
+from edgepack.quantize import QuantOptions, openvino_nncf
 from edgepack.source import open_source
 from tests.conftest import DIGITS_NPZ
 
-ov = pytest.importorskip("openvino")
-pytest.importorskip("nncf")
-onnx = pytest.importorskip("onnx")
-
-from edgepack.convert import ConvertOptions  # noqa: E402
-from edgepack.convert.onnx_openvino import convert  # noqa: E402
-from edgepack.quantize import openvino_nncf  # noqa: E402
+pytestmark = pytest.mark.openvino
 
 TARGET = "intel-openvino-cpu"
 CONV2 = "Conv__15/WithoutBiases"  # the second Convolution, as OpenVINO names it

@@ -15,11 +15,7 @@ from edgepack.artifact import Artifact, ModelFormat, TensorSpec
 from edgepack.errors import DataError, ModelError, UsageError
 from edgepack.runtimes import BACKENDS, LatencyStats, Session, benchmark, open_session
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("tf2onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
-pytest.importorskip("ai_edge_litert")
+pytestmark = [pytest.mark.tflite, pytest.mark.onnx, pytest.mark.openvino]  # every runtime: a missing one fails
 
 INPUT = TensorSpec("input", (1, 8, 8, 1))
 OUTPUT = TensorSpec("dense", (1, 10))
