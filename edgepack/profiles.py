@@ -15,13 +15,26 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgepack.artifact import ModelFormat
 from edgepack.errors import ProfileError
 from edgepack.resources import targets_dir
+from edgepack.steps import (  # noqa: F401 - re-exported: profiles are read with these names
+    STEP_OPTIONS,
+    STEP_ORDER,
+    STEP_SETTINGS,
+    CompressSettings,
+    ConvertSettings,
+    EmulationMode,
+    NoSettings,
+    QuantizeSettings,
+    SimplifySettings,
+    Step,
+    StepSettings,
+)
 
 
 class Runtime(str, enum.Enum):
@@ -44,87 +57,6 @@ class Precision(str, enum.Enum):
     INT8 = "int8"  # full-integer post-training quantization, calibrated on the user's data
     DYNAMIC = "dynamic"  # LiteRT dynamic-range: int8 weights, float activations
 
-
-class EmulationMode(str, enum.Enum):
-    """How a target's device check runs: emulated ARM user space, this host's CPU, or not at all."""
-
-    QEMU_USER = "qemu-user"
-    NATIVE = "native"
-    NONE = "none"
-
-    def __str__(self) -> str:  # the value in messages and f-strings, as a plain string would print
-        return str(self.value)
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self.value), spec)
-
-
-class Step(str, enum.Enum):
-    """Pipeline steps, in the only order they may run."""
-
-    COMPRESS = "compress"
-    CONVERT = "convert"
-    SIMPLIFY = "simplify"
-    QUANTIZE = "quantize"
-    VALIDATE = "validate"
-    DEVICE_CHECK = "device-check"
-    BUNDLE = "bundle"
-
-
-STEP_ORDER = list(Step)
-
-class ConvertSettings(BaseModel):
-    """``[step_options.convert]``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    select_tf_ops: bool = False  # let TFLiteConverter fall back to TensorFlow ops (needs the Flex delegate)
-    compress_to_fp16: bool = False  # OpenVINO IR weights stored in fp16
-
-
-class SimplifySettings(BaseModel):
-    """``[step_options.simplify]``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    tool: Literal["auto", "onnxsim", "onnxslim"] = "auto"
-
-
-class QuantizeSettings(BaseModel):
-    """``[step_options.quantize]``: the histogram of entropy / percentile calibration (ONNX Runtime)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    num_bins: int | None = Field(default=None, ge=16, le=1 << 16)
-    num_quantized_bins: int | None = Field(default=None, ge=16, le=1 << 16)
-    percentile: float | None = Field(default=None, gt=50, le=100)
-
-
-class CompressSettings(BaseModel):
-    """``[step_options.compress]``: the compression methods, each a table of its settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    distill: dict[str, Any] | None = None
-    prune: dict[str, Any] | None = None
-    clip: dict[str, Any] | None = None
-
-
-class NoSettings(BaseModel):
-    """A step that takes no options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-StepSettings = ConvertSettings | SimplifySettings | QuantizeSettings | CompressSettings | NoSettings
-
-# The typed options each step reads from ``[step_options.STEP]``; anything else is a typo and refused.
-STEP_SETTINGS: dict[str, type[BaseModel]] = {
-    Step.COMPRESS.value: CompressSettings,
-    Step.CONVERT.value: ConvertSettings,
-    Step.SIMPLIFY.value: SimplifySettings,
-    Step.QUANTIZE.value: QuantizeSettings,
-    Step.VALIDATE.value: NoSettings,
-    Step.DEVICE_CHECK.value: NoSettings,
-    Step.BUNDLE.value: NoSettings,
-}
-STEP_OPTIONS: dict[str, tuple[str, ...]] = {step: tuple(model.model_fields) for step, model in STEP_SETTINGS.items()}
 
 # Runtime -> model format it runs.
 RUNTIME_FORMAT = {

@@ -12,103 +12,31 @@ part of the shipped archive.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from edgepack.report_blocks import (  # the report's vocabulary (tests and report_html read it here)
+    NOT_FASTER,
+    Block,
+    Chart,
+    Heading,
+    Items,
+    Para,
+    Table,
+    fmt,
+)
+from edgepack.report_blocks import OUTPUT_COLUMNS as _OUTPUTS
+from edgepack.report_blocks import bytes_text as _bytes
+from edgepack.report_blocks import ms_text as _ms
+from edgepack.report_blocks import output_rows as _outputs
+from edgepack.report_blocks import record_rows as _rows
+from edgepack.report_blocks import table_block as _table
+from edgepack.report_blocks import verdict_blocks as _verdict
+from edgepack.report_quant import compression_blocks as _compression
+from edgepack.report_quant import compression_device_blocks as _compression_device
+from edgepack.report_quant import gate_blocks as _gate
+from edgepack.report_quant import quantization_blocks as _quantization
 from edgepack.summary import executed_as
-
-NOT_FASTER = "INT8 IS NOT FASTER than float on the host: int8 must pay for its accuracy loss, and here it does not"
-
-
-@dataclass(frozen=True)
-class Heading:
-    """A section title (level 1 is the page title)."""
-
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Para:
-    """A paragraph; ``loud`` ones are warnings the reader must not miss."""
-
-    text: str
-    loud: bool = False
-
-
-@dataclass(frozen=True)
-class Items:
-    """A bullet list."""
-
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    """A table of preformatted cells; ``long`` names the column holding long identifiers."""
-
-    columns: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    long: int | None = None
-
-
-@dataclass(frozen=True)
-class Chart:
-    """A chart of ``kind`` ("layers", "sizes", "latency"), drawn only in the HTML page."""
-
-    kind: str
-    title: str
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-
-Block = Heading | Para | Items | Table | Chart
-
-
-def fmt(value: Any) -> str:
-    """A manifest value as short text: 4 significant digits, thousands separators, yes/no."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) or "-"
-    if isinstance(value, list | tuple):
-        return ", ".join(fmt(v) for v in value) or "-"
-    return "-" if value is None else str(value)
-
-
-def _ms(value: Any) -> str:
-    return f"{value:.3g} ms" if isinstance(value, int | float) else "-"
-
-
-def _bytes(value: Any) -> str:
-    return f"{value:,} B = {value / 1024:.1f} KiB" if isinstance(value, int) else "-"
-
-
-def _pct(value: Any) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, int | float) else "-"
-
-
-def _outputs(outputs: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, ...], ...]:
-    """Per-output error rows; cosine with 6 decimals, since 4 significant digits round 0.99996 to 1."""
-    rows = [
-        {**o, "cosine": f"{o['cosine']:.6f}" if isinstance(o.get("cosine"), float) else o.get("cosine")}
-        for o in outputs
-    ]
-    return _rows(rows, ("name", "max_abs_error", "mean_abs_error", "cosine", "sqnr_db", "top1_agreement"))
-
-
-def _rows(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(fmt(r.get(key)) for key in keys) for r in records)
-
-
-def _table(columns: Sequence[str], rows: tuple[tuple[str, ...], ...], long: int | None = None) -> Block:
-    """A table, or a sentence when there are no rows."""
-    return Table(tuple(columns), rows, long) if rows else Para("(none)")
 
 
 def report_blocks(manifest: Mapping[str, Any], measurements: Mapping[str, Any] | None = None) -> list[Block]:
@@ -199,9 +127,6 @@ def _steps(steps: Sequence[Mapping[str, Any]]) -> list[Block]:
     return [Heading("Steps"), Table(("step", "from -> to", "tool and version", "details"), tuple(rows))]
 
 
-_OUTPUTS = ("output", "max abs error", "mean abs error", "cosine", "SQNR dB", "top-1 agreement")
-
-
 def _validation(validation: Mapping[str, Any]) -> list[Block]:
     blocks: list[Block] = [Heading("Validation against the source model")]
     if not validation:
@@ -224,206 +149,6 @@ def _validation(validation: Mapping[str, Any]) -> list[Block]:
         )
         blocks.append(Para(budget))
     return blocks + _verdict("Validation", v)
-
-
-def _verdict(what: str, report: Mapping[str, Any]) -> list[Block]:
-    if report.get("passed"):
-        return [Para(f"{what} PASSED.")]
-    failures = "; ".join(str(f) for f in report.get("failures") or []) or "see the table"
-    return [Para(f"{what} FAILED: {failures}", loud=True)]
-
-
-def _gate(gate: Mapping[str, Any]) -> list[Block]:
-    labels = f"labels scored on output '{gate['label_output']}'" if gate.get("label_output") else "no labels"
-    blocks: list[Block] = [
-        Heading("Accuracy gate: int8 against the float model"),
-        Para(f"{gate.get('samples', '?')} held-out samples, not used for calibration; {labels}."),
-        _table(_OUTPUTS, _outputs(gate.get("outputs") or []), 0),
-    ]
-    if gate.get("float_accuracy") is not None:
-        drop = gate.get("accuracy_drop")
-        accuracy = [f"float accuracy: {_pct(gate['float_accuracy'])}"]
-        accuracy.append(f"int8 accuracy: {_pct(gate.get('quantized_accuracy'))}")
-        accuracy.append(f"accuracy drop: {100 * drop:.2f} points" if drop is not None else "accuracy drop: -")
-        blocks.append(Items(tuple(accuracy)))
-    checks = [{**c, "kind": str(c.get("kind")).replace("_", " "), "passed": _pass(c)} for c in gate.get("checks") or []]
-    blocks += [
-        Para("Budget (a check passes when value >= floor; the floor is the budget rounded to whole samples):"),
-        _table(
-            ("check", "output", "value", "floor", "budget", "result"),
-            _rows(checks, ("kind", "output", "value", "threshold", "budget", "passed")),
-        ),
-    ]
-    blocks += [Items(tuple(str(n) for n in gate["notes"]))] if gate.get("notes") else []
-    return blocks + _verdict("Accuracy gate", gate)
-
-
-def _pass(record: Mapping[str, Any]) -> str:
-    return "pass" if record.get("passed") else "FAIL"
-
-
-def _quantization(quant: Mapping[str, Any], latency: Mapping[str, Any] | None) -> list[Block]:
-    s, size, mode = quant.get("settings") or {}, quant.get("size") or {}, str(quant.get("mode"))
-    items = (
-        f"tool: {quant.get('tool')} {quant.get('tool_version')}",
-        f"method {fmt(s.get('method'))}; per-channel weights: {fmt(s.get('per_channel'))}; "
-        f"symmetric activations: {fmt(s.get('symmetric_activations'))}; model I/O: {fmt(s.get('io'))}",
-        f"calibration samples: {fmt(s.get('calibration_samples'))}; held-out samples: "
-        f"{fmt(s.get('holdout_samples'))} (fraction {fmt(s.get('holdout_fraction'))}); seed {fmt(s.get('seed'))}",
-        f"layers excluded by the user: {fmt(s.get('exclude'))}; repair keeps at most "
-        f"{fmt(s.get('max_float_layers'))} layers in float",
-        f"size: float {_bytes(size.get('float_bytes'))} -> {mode} {_bytes(size.get('quantized_bytes'))} "
-        f"(float / {mode} = {fmt(size.get('ratio'))})",
-    )
-    blocks: list[Block] = [Heading(f"Quantization ({mode})"), *_speed(latency), Items(items)]
-    if isinstance(size.get("ratio"), int | float) and size["ratio"] < 1:
-        blocks.append(Para(f"The {mode} model file is LARGER than the float one.", loud=True))
-    io = [{"tensor": name, **params} for name, params in sorted((quant.get("io") or {}).items())]
-    blocks += [
-        Heading("Input and output quantization parameters", 3),
-        _table(("tensor", "dtype", "scale", "zero point"), _rows(io, ("tensor", "dtype", "scale", "zero_point")), 0),
-    ]
-    repaired = quant.get("repaired") or {}
-    blocks += _repair(repaired) + _layers(quant.get("layers") or [], repaired.get("float_layers") or [])
-    bars = [{"label": "float", "bytes": size.get("float_bytes")}, {"label": mode, "bytes": size.get("quantized_bytes")}]
-    blocks.append(Chart("sizes", f"Model size: float vs {mode}", {"bars": bars}))
-    if quant.get("warnings"):
-        blocks += [Heading("Warnings", 3), Items(tuple(str(w) for w in quant["warnings"]))]
-    return blocks
-
-
-def _speed(latency: Mapping[str, Any] | None) -> list[Block]:
-    """The host's int8 vs float latency, with a loud line when int8 does not pay for itself."""
-    if not latency:
-        return [Para("Host latency of int8 vs float: not measured.")]
-    runs, ratio = latency.get("runs") or {}, latency.get("ratio")
-    int8_ms, float_ms = _ms(latency.get("int8_ms")), _ms(latency.get("float_ms"))
-    text = (
-        f"Host latency, {latency.get('label')}: int8 {int8_ms} vs float {float_ms} "
-        f"({latency.get('statistic', 'median')} of {fmt(runs.get('int8'))} and {fmt(runs.get('float'))} runs, "
-        f"{latency.get('runtime')}, {fmt(latency.get('threads'))} thread(s)); speed-up float / int8 = {fmt(ratio)}x."
-    )
-    if not (isinstance(ratio, int | float) and ratio <= 1):
-        return [Para(text)]
-    loud = f"{NOT_FASTER}: int8 {int8_ms} vs float {float_ms} (speed-up {ratio:.3g}x on the host; measure the device)."
-    return [Para(loud, loud=True), Para(text)]
-
-
-def _repair(repaired: Mapping[str, Any]) -> list[Block]:
-    kept = repaired.get("float_layers") or []
-    attempts = [
-        {
-            **a,
-            "n": i,
-            "excluded": a.get("excluded") or "-",
-            "passed": _pass(a),
-            "size": _bytes(a.get("size_bytes")),
-            "int8": _pct(a.get("quantized_accuracy")),
-            "float": _pct(a.get("float_accuracy")),
-        }
-        for i, a in enumerate(repaired.get("attempts") or [], 1)
-    ]
-    return [
-        Heading("Layers kept in float (repair)", 3),
-        Items(tuple(kept)) if kept else Para("None: every layer is quantized."),
-        Para("Each attempt and what it cost:"),
-        _table(
-            ("attempt", "layers in float", "kept in float", "int8 accuracy", "float accuracy", "size", "gate"),
-            _rows(attempts, ("n", "float_layers", "excluded", "int8", "float", "size", "passed")),
-            2,
-        ),
-    ]
-
-
-def _layers(layers: Sequence[Mapping[str, Any]], kept: Sequence[str]) -> list[Block]:
-    if not layers:
-        return []
-    rows = [{**layer, "float": layer.get("name") in kept} for layer in layers]
-    bars = [
-        {"name": r.get("name"), "op": r.get("op_type"), "sqnr_db": r.get("sqnr_db"), "float": r["float"]} for r in rows
-    ]
-    return [
-        Heading(f"Per-layer error (the {len(rows)} worst layers of the fully quantized model)", 3),
-        _table(
-            ("layer", "op", "SQNR dB", "RMSE / scale", "MSE", "kept in float"),
-            _rows(rows, ("name", "op_type", "sqnr_db", "rmse_over_scale", "mse", "float")),
-            0,
-        ),
-        Chart("layers", "Per-layer quantization error (SQNR in dB; lower is worse)", {"layers": bars}),
-    ]
-
-
-_COMPRESSION_METRICS = (
-    ("file size", "file_bytes", _bytes),
-    ("gzip archive size", "archive_bytes", _bytes),
-    ("parameters", "params", fmt),
-    ("nonzero parameters", "nonzero_params", fmt),
-    ("sparsity", "sparsity", _pct),
-    ("MACs per inference", "macs", fmt),
-    ("accuracy", "accuracy", _pct),
-    ("top-1 agreement with the original", "agreement", _pct),
-)
-
-
-def _compression(n: int, step: Mapping[str, Any], latency: Mapping[str, Any] | None) -> list[Block]:
-    before, after, method = step.get("before") or {}, step.get("after") or {}, step.get("method")
-    rows = [(name, f(before.get(key)), f(after.get(key))) for name, key, f in _COMPRESSION_METRICS]
-    if latency:
-        label = (
-            f"host latency ({latency.get('runtime')}, {fmt(latency.get('threads'))} thread(s), median of "
-            f"{fmt(latency.get('runs'))} runs on this host, not the device)"
-        )
-        speedup = f" (speed-up {fmt(latency.get('speedup'))}x)"
-        rows.append((label, _ms(latency.get("before_ms")), _ms(latency.get("after_ms")) + speedup))
-    layers = [
-        {
-            **x,
-            "p": f"{fmt(x.get('params_before'))} -> {fmt(x.get('params_after'))}",
-            "s": _pct(x.get("sparsity")),
-            "c": f"{fmt(x.get('channels_before'))} -> {fmt(x.get('channels_after'))}",
-        }
-        for x in step.get("layers") or []
-    ]
-    bars = [
-        {
-            "label": f"before ({before.get('format')})",
-            "bytes": before.get("file_bytes"),
-            "gzip": before.get("archive_bytes"),
-        },
-        {"label": f"after {method}", "bytes": after.get("file_bytes"), "gzip": after.get("archive_bytes")},
-    ]
-    return [
-        Heading(f"Compression {n}: {method}"),
-        Items((f"settings: {fmt(step.get('settings'))}", f"training: {fmt(step.get('training'))}")),
-        Table(("metric", "before", "after"), tuple(rows)),
-        _table(("layer", "op", "parameters", "channels", "sparsity"), _rows(layers, ("name", "op", "p", "c", "s")), 0),
-        *([Items(tuple(str(x) for x in step["notes"]))] if step.get("notes") else []),
-        Chart("sizes", f"Model size before and after {method}", {"bars": bars}),
-    ]
-
-
-def _compression_device(device: Mapping[str, Any]) -> list[Block]:
-    """Before/after compression on the emulated device: instruction counts (and estimates) decide."""
-    before, after = device.get("before") or {}, device.get("after") or {}
-    rows = (
-        ("model size", _bytes(before.get("size_bytes")), _bytes(after.get("size_bytes"))),
-        (
-            "guest instructions per inference (regression metric)",
-            fmt(before.get("instructions_per_inference")),
-            fmt(after.get("instructions_per_inference")),
-        ),
-        ("device latency, estimate (not measured)", _ms(before.get("estimate_ms")), _ms(after.get("estimate_ms"))),
-        (
-            f"wall time, EMULATED ({before.get('emulated_label') or 'emulated'})",
-            _ms(before.get("emulated_median_ms")),
-            _ms(after.get("emulated_median_ms")),
-        ),
-    )
-    return [
-        Heading("Compression on the emulated device"),
-        Para(str(device.get("label", ""))),
-        Table(("figure", "before", "after"), rows),
-    ]
 
 
 def _compatibility(compat: Mapping[str, Any]) -> list[Block]:

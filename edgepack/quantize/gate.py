@@ -185,8 +185,8 @@ class Reference:
 
 def reference_outputs(source: Artifact, heldout: Dataset) -> Reference:
     """Run the float ``source`` once over ``heldout``."""
+    from edgepack.alignment import gather
     from edgepack.runtimes import open_session
-    from edgepack.validate import gather
 
     session = open_session(source, threads=1)
     feeds = tuple(tuple(sample) for sample in heldout.as_lists())
@@ -204,8 +204,8 @@ def reference_outputs(source: Artifact, heldout: Dataset) -> Reference:
 
 def evaluate(reference: Reference, artifact: Artifact, accuracy: Accuracy) -> GateReport:
     """Run ``artifact`` (one thread) on the reference's samples and judge it."""
+    from edgepack.alignment import gather, input_permutations, output_order, permute, size1_moved
     from edgepack.runtimes import open_session
-    from edgepack.validate import gather, input_permutations, output_order, permute, size1_moved
 
     session = open_session(artifact, threads=1)
     perms = input_permutations(reference.inputs, session.inputs)

@@ -50,8 +50,8 @@ def compare_latency(
         ``{float_ms, int8_ms, ratio, ...}``: ``int8_ms`` is the quantized model's median (whatever
         the mode) and ``ratio`` is ``float_ms / int8_ms`` (above 1: the quantized model is faster).
     """
+    from edgepack.alignment import input_permutations, permute
     from edgepack.runtimes import open_session
-    from edgepack.validate import input_permutations, permute
 
     timed, runtime = [], ""
     for artifact in (float_artifact, quantized):
