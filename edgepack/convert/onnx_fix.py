@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgepack.artifact import Artifact, ModelFormat, TensorSpec
-from edgepack.convert.ortcheck import compare, random_feeds, run_onnx
+from edgepack.convert.ortcheck import random_feeds, run_onnx
 from edgepack.deps import require
 from edgepack.errors import ConversionError, ModelError
 from edgepack.modelio import describe, read_specs
@@ -29,8 +29,8 @@ from edgepack.tools import first_line, fresh_dir, tool_meta
 
 if TYPE_CHECKING:
     from edgepack.convert import ConvertOptions
+from edgepack.convert.onnx_opset import cap_opset, model_opset  # noqa: F401 - model_opset: re-exported
 
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot serialise 2 GiB; bigger models keep weights outside
 _ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}  # operator domains ONNX Runtime's CPU EP runs
 
@@ -53,12 +53,6 @@ def save_onnx(model: Any, path: Path) -> tuple[Path, ...]:
     data = path.with_name(path.name + ".data")
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
     return (path, data)
-
-
-def model_opset(model: Any) -> int:
-    """The model's default-domain (ai.onnx) opset."""
-    versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
-    return max(versions) if versions else 1
 
 
 def fix_input_shapes(model: Any, inputs: Sequence[TensorSpec], *, check: bool = True) -> list[str]:
@@ -304,87 +298,6 @@ def _run_once(model: Any, feeds: Any) -> list[Any]:
         options.intra_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return session.run(None, feeds[0])
-
-
-def _version_converter(model: Any, target: int) -> Any:
-    onnx = require("onnx")
-    converted = onnx.version_converter.convert_version(model, target)
-    onnx.checker.check_model(converted)
-    return converted
-
-
-def _relabel(model: Any, target: int) -> Any:
-    """The same graph declared at opset ``target``, if every node is valid there (a full check)."""
-    onnx = require("onnx")
-    relabeled = onnx.ModelProto()
-    relabeled.CopyFrom(model)
-    for entry in relabeled.opset_import:
-        if entry.domain in _DEFAULT_DOMAINS:
-            entry.version = target
-    onnx.checker.check_model(relabeled, full_check=True)
-    return relabeled
-
-
-def _lowest_ir(model: Any) -> None:
-    """Lower the IR version to what the opset needs (older parsers refuse newer IRs), if the model allows."""
-    onnx = require("onnx")
-    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import))
-    newest = model.ir_version
-    if newest <= needed:
-        return
-    model.ir_version = needed
-    try:
-        onnx.checker.check_model(model)
-    except Exception:  # noqa: BLE001 - the model uses newer IR features: keep its IR version
-        model.ir_version = newest
-
-
-# Ways to express a model at a lower opset, in order. onnx's version converter lacks many
-# downgrade adapters (Relu/Add/Reshape 14->13, Identity 16->15, BatchNormalization 15->14), where
-# only the allowed types changed; declaring the lower opset is then enough, which the full checker
-# and an onnxruntime comparison confirm.
-_DOWNGRADES: tuple[tuple[str, Any], ...] = (("version_converter", _version_converter), ("relabel", _relabel))
-
-
-def cap_opset(model: Any, target: int, inputs: Sequence[TensorSpec]) -> tuple[Any, str]:
-    """``model`` expressed at opset ``target``, checked to compute the same outputs; and how it was done.
-
-    Raises:
-        ConversionError: no way gives a valid model with the same outputs.
-    """
-    current = model_opset(model)
-    feeds = random_feeds(inputs, seed=0)
-    try:
-        reference = run_onnx(model, feeds)
-    except Exception:  # noqa: BLE001 - a model onnxruntime cannot run (custom ops) is not compared
-        reference = None
-    reasons = []
-    for how, downgrade in _DOWNGRADES:
-        try:
-            converted = downgrade(model, target)
-        except Exception as exc:  # noqa: BLE001
-            reasons.append(f"{how}: {first_line(exc)[-160:]}")
-            continue
-        mismatch = _mismatch(reference, converted, feeds, strict=how == "relabel")
-        if mismatch is None:
-            _lowest_ir(converted)
-            return converted, how
-        reasons.append(f"{how}: {mismatch}")
-    raise ConversionError(
-        f"cannot bring the ONNX model from opset {current} down to {target} ({'; '.join(reasons)}).",
-        hint=f"Re-export the model with opset {target} or lower (e.g. torch.onnx.export(..., opset_version="
-        f"{target})), or use a target whose runtime takes opset {current}.",
-    )
-
-
-def _mismatch(reference: Any, converted: Any, feeds: Any, *, strict: bool) -> str | None:
-    if reference is None:
-        return "cannot be compared in onnxruntime" if strict else None
-    try:
-        _, mismatch = compare(reference, run_onnx(converted, feeds))
-    except Exception as exc:  # noqa: BLE001
-        return f"does not run in onnxruntime ({first_line(exc)[:160]})"
-    return mismatch
 
 
 def fix_model(
