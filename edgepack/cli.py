@@ -22,6 +22,7 @@ from edgepack.cli_options import (
     PackageFlags,
     ShapeOpt,
     err,
+    flag,
     out,
     with_common,
 )
@@ -58,10 +59,10 @@ _DEBUG: list[bool] = [False]  # set by main() from --debug, wherever it stands o
 @app.callback()
 def _main(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks and tools' full messages (anywhere on the line).")
+        bool, flag("--debug", help="Show tracebacks and tools' full messages (anywhere on the line).")
     ] = False,
     version: Annotated[
-        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+        bool, flag("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
     ] = False,
 ) -> None:
     _DEBUG[0] = _DEBUG[0] or debug
@@ -72,8 +73,16 @@ def _run_package(model: Path, targets: list[Any], opts: PackageFlags, compress: 
     from edgepack import api
 
     if opts.dry_run:
+        from edgepack.pipeline import preflight
+        from edgepack.plans import Options
+
         plan = api.plan(model, targets=targets, out=opts.out_dir, precision=opts.precision)
         out.print_json(json.dumps(plan.to_dict())) if opts.as_json else print_plan(plan)
+        refused = preflight(plan, Options(force=opts.force))  # what the real run would refuse before any work
+        for name, problem in refused.items():
+            err.print(f"✗ {name}: {problem.one_line()}", highlight=False, markup=False)
+        if refused:
+            raise next(iter(refused.values()))
         return
     from edgepack.cli_capture import frameworks_to_log
 
@@ -182,7 +191,7 @@ def package(
     model: ModelArg,
     target: Annotated[list[str], typer.Option("--target", "-t", help="Target name, profile .toml, or 'all'.")],
     prune: Annotated[float | None, typer.Option("--prune", help="Prune this fraction of weights first.")] = None,
-    structured: Annotated[bool, typer.Option("--structured", help="With --prune: remove whole channels.")] = False,
+    structured: Annotated[bool, flag("--structured", help="With --prune: remove whole channels.")] = False,
     clip: Annotated[float | None, typer.Option("--clip", help="Zero this fraction of smallest weights first.")] = None,
     distill_student: Annotated[
         str | None, typer.Option("--distill-student", help="Distill into a student first: width=0.5 or a .keras file.")
@@ -204,7 +213,7 @@ def package(
 @with_common
 def android(
     model: ModelArg,
-    gpu: Annotated[bool, typer.Option("--gpu", help="fp16 model for LiteRT's GPU delegate.")] = False,
+    gpu: Annotated[bool, flag("--gpu", help="fp16 model for LiteRT's GPU delegate.")] = False,
     opts: PackageFlags | None = None,
 ) -> None:
     """Package MODEL for Android phones (LiteRT .tflite)."""

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgepack.cli_options import JsonOpt, TrustOpt, err, out
+from edgepack.cli_options import JsonOpt, TrustOpt, err, flag, out
 
 compress_app = typer.Typer(
     help="Compress a model beyond quantization (clip, prune, distill) and show what it buys on the target.",
@@ -26,8 +26,8 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the co
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Samples: .npz (x, optional labels y), .npy, or a folder of .npy/images.")
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")]
-NoLatencyOpt = Annotated[bool, typer.Option("--no-latency", help="Skip timing both models on the host.")]
+ForceOpt = Annotated[bool, flag("--force", help="Replace OUT if it exists.")]
+NoLatencyOpt = Annotated[bool, flag("--no-latency", help="Skip timing both models on the host.")]
 SparsityOpt = Annotated[float, typer.Option("--sparsity", help="Share to remove, in [0, 1): 0.5 = half.")]
 ScopeOpt = Annotated[str, typer.Option("--scope", help="Unstructured: 'layer' (share per kernel) or 'global'.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="Fine-tune epochs on --data (0: none).")]
@@ -78,7 +78,7 @@ def prune_command(
     model: ModelArg,
     out_path: OutOpt,
     sparsity: SparsityOpt,
-    structured: Annotated[bool, typer.Option("--structured", help="Remove whole filters and units.")] = False,
+    structured: Annotated[bool, flag("--structured", help="Remove whole filters and units.")] = False,
     scope: ScopeOpt = "layer",
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Structured: layers to leave alone (comma list, repeatable).")

@@ -9,6 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+
+def flag(*names: str, **options: Any) -> Any:
+    """A boolean option shown as a flag in ``--help`` (Typer would print a ``<bool>`` value column)."""
+    return typer.Option(*names, metavar=" ", **options)
+
+
 err = Console(stderr=True)
 out = Console()
 
@@ -23,14 +29,14 @@ ShapeOpt = Annotated[
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Validation/calibration data: .npz, .npy, or a folder of .npy/images.")
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing bundles in OUT.")]
-DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved plan and stop.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+ForceOpt = Annotated[bool, flag("--force", help="Replace existing bundles in OUT.")]
+DryOpt = Annotated[bool, flag("--dry-run", help="Print the resolved plan and stop.")]
+JsonOpt = Annotated[bool, flag("--json", help="Print a machine-readable summary on stdout.")]
 TrustOpt = Annotated[
-    bool, typer.Option("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
+    bool, flag("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
 ]
 NoCheckOpt = Annotated[
-    bool, typer.Option("--no-device-check", help="Skip running the bundle on the (emulated) device.")
+    bool, flag("--no-device-check", help="Skip running the bundle on the (emulated) device.")
 ]
 SignOpt = Annotated[Path | None, typer.Option("--sign", help="Sign each manifest with this Ed25519 private key.")]
 PrecisionOpt = Annotated[
@@ -50,11 +56,11 @@ MethodOpt = Annotated[
     str | None, typer.Option("--calibration-method", help="minmax, entropy or percentile (default: the profile's).")
 ]
 SamplesOpt = Annotated[int | None, typer.Option("--calibration-samples", help="Calibration samples to use.")]
-PerTensorOpt = Annotated[bool, typer.Option("--per-tensor", help="Per-tensor instead of per-channel weights.")]
-SymOpt = Annotated[bool, typer.Option("--symmetric-activations", help="Symmetric int8 activations.")]
-StampOpt = Annotated[bool, typer.Option("--timestamp", help="Record the packaging time (bundles then differ).")]
+PerTensorOpt = Annotated[bool, flag("--per-tensor", help="Per-tensor instead of per-channel weights.")]
+SymOpt = Annotated[bool, flag("--symmetric-activations", help="Symmetric int8 activations.")]
+StampOpt = Annotated[bool, flag("--timestamp", help="Record the packaging time (bundles then differ).")]
 DropOpt = Annotated[
-    bool, typer.Option("--allow-accuracy-drop", help="Ship int8 even when it misses the accuracy budget (reported).")
+    bool, flag("--allow-accuracy-drop", help="Ship int8 even when it misses the accuracy budget (reported).")
 ]
 
 

@@ -100,10 +100,25 @@ def emulator_list(as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps(entries, default=str))
         return
+    users = _env_users()
     for entry in entries:
-        out.print(f"{Path(entry['path']).name}  {entry['size_bytes'] / 2**20:.0f} MiB")
+        name = Path(entry["path"]).name
+        targets = ", ".join(users.get(name, [])) or ("tools" if name.startswith("qemu") else "no built-in target")
+        out.print(f"{name}  {entry['size_bytes'] / 2**20:.0f} MiB  ({targets})", highlight=False)
     if not entries:
         out.print("no cached environments")
+
+
+def _env_users() -> dict[str, list[str]]:
+    """Cache entry name -> the built-in targets whose emulated device it is."""
+    from edgepack.emulator.qemu import env_name
+    from edgepack.profiles import EmulationMode, load_all
+
+    users: dict[str, list[str]] = {}
+    for profile in load_all():
+        if profile.emulation.mode is EmulationMode.QEMU_USER:
+            users.setdefault(env_name(profile)[0], []).append(profile.name)
+    return users
 
 
 @emulator_app.command("remove")

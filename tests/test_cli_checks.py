@@ -145,3 +145,21 @@ def test_executed_as_names_fallbacks_and_int8() -> None:
     ort = {"runtime": "onnxruntime", "providers": ["CPUExecutionProvider"], "int8_ops": 3, "int8": True}
     assert executed_as(ort) == "CPUExecutionProvider; 3 int8 op(s); int8 kernels ran"
     assert executed_as(None) is None and executed_as({"error": "x"}) == "not recorded (x)"
+
+
+def test_dry_run_reports_what_the_run_would_refuse(tmp_path: Path) -> None:
+    (tmp_path / "out" / "rpi4-arm64").mkdir(parents=True)
+    proc = _cli("package", str(DIGITS), "-t", "rpi4-arm64,jetson-orin-trt", "-o", str(tmp_path / "out"), "--dry-run")
+    assert proc.returncode == OutputExistsError.exit_code
+    assert "rpi4-arm64" in proc.stderr and "already exists" in proc.stderr and "jetson-orin-trt:" not in proc.stderr
+
+
+def test_help_shows_flags_as_flags_and_emulators_by_target() -> None:
+    from edgepack.cli_tools import _env_users
+
+    proc = _cli("package", "--help")
+    flags = [line for line in proc.stdout.splitlines() if "--force" in line or "--structured" in line]
+    assert flags and all("<bool>" not in line for line in flags)
+    users = {name: targets for name, targets in _env_users().items()}
+    assert any({"rpi4-arm64", "android-arm64"} <= set(t) for t in users.values())
+    assert any(t == ["rpi-armv7"] for t in users.values())
