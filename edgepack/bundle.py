@@ -34,7 +34,7 @@ def requirements(profile: Profile) -> list[str]:
     """The device's pip requirements for the profile's runtime."""
     lines = [line.format(version=profile.runtime_version) for line in _REQUIREMENTS[profile.runtime]]
     if profile.runtime is Runtime.TENSORRT:
-        lines.insert(0, f"# TensorRT {profile.runtime_version} and trtexec come with JetPack; run build_engine.sh")
+        lines.insert(0, f"# TensorRT {runtime_version(profile)} and trtexec come with JetPack; run build_engine.sh")
         lines.append("# optional, to use run.py: onnxruntime-gpu for JetPack (NVIDIA's Jetson wheels)")
     return lines
 
@@ -89,6 +89,13 @@ def stage_files(staging: Path, *, profile: Profile, artifact: Artifact, extra_fi
             (staging / name).chmod(0o755)
 
 
+def runtime_version(profile: Profile) -> str:
+    """The runtime version the bundle is built for: TensorRT's from the JetPack, else the profile's range."""
+    if profile.tensorrt is not None:
+        return f"{profile.tensorrt.tensorrt_version} (JetPack {profile.tensorrt.jetpack})"
+    return profile.runtime_version
+
+
 def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> dict[str, Any]:
     """The manifest's fixed part; steps, validation and checks are added by the pipeline."""
     named: dict[str, str] = dict(artifact.meta.get("source_names") or {})  # the converter's pairing of names
@@ -107,7 +114,7 @@ def base_manifest(*, profile: Profile, source: Artifact, artifact: Artifact) -> 
         },
         "runtime": {
             "name": profile.runtime.value,
-            "version": profile.runtime_version,
+            "version": runtime_version(profile),
             "arch": profile.arch.value,
             "delegate": profile.delegate,
         },

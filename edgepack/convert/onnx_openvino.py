@@ -97,6 +97,8 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
         for spec in src.inputs
     ]
 
+    shape_text = ", ".join(f"{spec.name}={list(spec.shape)}" for spec in src.inputs)
+
     def build() -> None:
         model = ov.convert_model(str(src.path), input=shapes)
         save_ir(model, xml, compress_to_fp16=options.compress_to_fp16, keep=source_names(Path(src.path)))
@@ -104,7 +106,9 @@ def convert(src: Artifact, workdir: Path, options: ConvertOptions) -> Artifact:
     run_tool(
         build,
         failure=f"OpenVINO could not convert {src.path.name}",
-        hint="Check that the model runs in its own runtime (onnxruntime / LiteRT); OpenVINO lacks a few ops.",
+        hint=f"Check that the model runs in its own runtime at input shapes {shape_text} (a shape too small for the "
+        "network's strides or pooling fails here too; see `edgepack inspect MODEL`), then whether OpenVINO has its "
+        "operators; --debug shows OpenVINO's full message.",
     )
     meta = tool_meta(
         "openvino",

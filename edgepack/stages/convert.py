@@ -96,12 +96,14 @@ def convert_for(
     """The conversion chain of one target from ``source``: final artifact, step records, the last hop's input."""
     current, records = source, []
     pre = current
-    for fmt in (None, *target.route):
+    chain = (None, *target.route)
+    for index, fmt in enumerate(chain):
         if fmt is not None:
             pre = current
             current, record = hop(ctx, current, fmt, target)
             records.append(record)
-        if current.format is ModelFormat.ONNX:
+        following = chain[index + 1] if index + 1 < len(chain) else None
+        if current.format is ModelFormat.ONNX and following is not ModelFormat.ONNX:  # prepared once, last
             prepared = prepare_onnx(ctx, current, target)
             records.extend(record for _, record in prepared)
             current = prepared[-1][0] if prepared else current
