@@ -106,10 +106,12 @@ def build_context(plan: Plan, options: Options, workdir: Path, progress: Progres
     _refuse_int8_without_data(plan, options)
     progress(f"reading {plan.model.name}")
     batch = min((t.profile.inputs.batch or 0 for t in plan.targets), default=1) or None
-    original = open_source(
-        plan.model, input_shapes=options.input_shapes, batch=batch, trust_code=options.trust_code
+    from_profiles = {k: v for k, v in profile_shapes(plan).items() if k not in options.input_shapes}
+    shapes = {**from_profiles, **options.input_shapes}  # --input-shape wins over the profiles'
+    original = _from_profiles(
+        open_source(plan.model, input_shapes=shapes, batch=batch, trust_code=options.trust_code), from_profiles
     )
-    source, compression = _compress(plan, options, original, batch, workdir, progress)
+    source, compression = _compress(plan, options, original, batch, workdir, progress, shapes)
     preprocess = _preprocess(plan, options)
     dataset = eval_dataset = None
     description: dict[str, Any] | None = None
@@ -186,6 +188,23 @@ def refuse_non_finite(ctx: RunContext, count: int = 2) -> None:
 _GATED = (Precision.INT8, Precision.DYNAMIC)  # quantized, then gated on held-out data
 
 
+def profile_shapes(plan: Plan) -> dict[str, Any]:
+    """The input shapes the targets' profiles give (``[inputs] shapes``); they must agree with each other."""
+    from edgepack.shapes import InputShape
+
+    found: dict[str, tuple[Any, str]] = {}
+    for target in plan.targets:
+        for name, value in target.profile.inputs.shapes.items():
+            shape = InputShape.from_value(name, value, flag=f"[inputs.shapes] {name}")
+            known = found.setdefault(name, (shape, target.name))
+            if known[0] != shape:
+                raise UsageError(
+                    f"profiles {known[1]} and {target.name} give input {name!r} different shapes in [inputs] shapes.",
+                    hint=f"Package them in separate runs, or give --input-shape {name}=... to decide.",
+                )
+    return {name: (shape if shape.is_dynamic else shape.opt()) for name, (shape, _) in found.items()}
+
+
 def _refuse_int8_without_data(plan: Plan, options: Options) -> None:
     needs = [t for t in plan.targets if t.has(Step.QUANTIZE) and t.profile.precision in _GATED]
     if options.data is None and needs:
@@ -197,8 +216,24 @@ def _refuse_int8_without_data(plan: Plan, options: Options) -> None:
         )
 
 
+def _from_profiles(source: Artifact, names: Mapping[str, Any]) -> Artifact:
+    """Say in the source's shape origins which shapes came from the profiles, not from --input-shape."""
+    origin = source.meta.get("shape_origin")
+    if isinstance(origin, dict):
+        for name in names:
+            if str(origin.get(name, "")).startswith("--input-shape"):
+                origin[name] = origin[name].replace("--input-shape", "profile [inputs] shapes", 1)
+    return source
+
+
 def _compress(
-    plan: Plan, options: Options, source: Artifact, batch: int | None, workdir: Path, progress: Progress
+    plan: Plan,
+    options: Options,
+    source: Artifact,
+    batch: int | None,
+    workdir: Path,
+    progress: Progress,
+    shapes: Mapping[str, Any],
 ) -> tuple[Artifact, list[dict[str, Any]]]:
     """Run the requested compression methods on the source (distill, prune, clip), before any conversion.
 
@@ -223,7 +258,7 @@ def _compress(
             progress=progress,
         )
         reports.append({"method": method, "settings": dict(settings[method]), **report})
-        current = open_source(path, input_shapes=options.input_shapes, batch=batch, trust_code=options.trust_code)
+        current = open_source(path, input_shapes=shapes, batch=batch, trust_code=options.trust_code)
     return current, reports
 
 

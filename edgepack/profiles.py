@@ -154,10 +154,26 @@ class Inputs(_Strict):
     """How dynamic input dimensions are fixed when the user gives no ``--input-shape``."""
 
     batch: int | None = Field(default=1, ge=1)
-    shapes: dict[str, tuple[Annotated[int, Field(ge=1)], ...]] = Field(default_factory=dict)
+    # Per input: sizes, with "[min:opt:max]" (or a [min, opt, max] list) for a dim that stays dynamic where
+    # the runtime runs it, e.g. x = "1,3,48,[32:320:1024]"; --input-shape flags win over these.
+    shapes: dict[str, str | tuple[int | tuple[int, int, int], ...]] = Field(default_factory=dict)
     # How images in a --data folder become inputs (edgepack.calibration.Preprocess keys: size, layout,
     # channel_order, scale, mean, std, dtype); a preprocess.toml beside the data or --preprocess wins.
     preprocess: dict[str, Any] | None = None
+
+
+    @field_validator("shapes")
+    @classmethod
+    def _shapes_parse(cls, shapes: dict[str, Any]) -> dict[str, Any]:
+        from edgepack.errors import UsageError
+        from edgepack.shapes import InputShape
+
+        for name, value in shapes.items():
+            try:
+                InputShape.from_value(name, value, flag=f"[inputs.shapes] {name}")
+            except UsageError as exc:
+                raise ValueError(exc.one_line()) from None
+        return shapes
 
 
 class TensorRT(_Strict):

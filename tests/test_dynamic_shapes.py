@@ -63,3 +63,19 @@ def test_litert_is_fixed_at_the_opt_shape(packaged: Path) -> None:
     assert "input_ranges" not in manifest and "shape_corners" not in manifest["validation"]
     assert manifest["inputs"][0]["shape"][1:3] in ([48, 192], [3, 48])  # NHWC or NCHW, at 48x192
     assert 192 in manifest["inputs"][0]["shape"]
+
+
+def test_a_profile_can_give_the_range(tmp_path: Path) -> None:
+    model = paddle_cls_like(tmp_path / "cls.onnx")
+    profile = tmp_path / "ocr-ort.toml"
+    profile.write_text(
+        'extends = "rpi4-arm64-onnxruntime"\nname = "ocr-ort"\n[inputs]\nshapes = { x = "1,3,48,[32:192:320]" }\n'
+    )
+    result = edgepack.package(model, targets=[profile], out=tmp_path / "out", device_check=False)
+    manifest = result.targets[0].manifest
+    assert manifest["input_ranges"][0]["max"] == [1, 3, 48, 320]
+    assert manifest["input_shape_origin"]["x"] == "profile [inputs] shapes, range"  # where the shape came from
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "rpi4-arm64-onnxruntime"\nname = "bad"\n[inputs]\nshapes = { x = "1,3,48,[320:32:9]" }\n')
+    with pytest.raises(edgepack.errors.ProfileError, match=r"bad\.toml.*inputs\.shapes"):
+        edgepack.load_profile(bad)
