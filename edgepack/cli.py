@@ -154,13 +154,17 @@ def _targets(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(json.dumps([p.to_dict() for p in profiles]))
         return
+    wide = out.width >= 120  # descriptions only where they fit; a narrow terminal keeps one row per target
     table = Table(title="edgepack targets")
     table.add_column("name", no_wrap=True)
-    for column in ("format", "runtime", "arch", "precision", "description"):
-        table.add_column(column)
+    for column in ("format", "runtime", "arch", "precision", *(("description",) if wide else ())):
+        table.add_column(column, no_wrap=not wide)
     for p in profiles:
-        table.add_row(p.name, p.format.value, p.runtime.value, p.arch.value, p.precision.value, p.description)
+        row = [p.name, p.format.value, p.runtime.value, p.arch.value, p.precision.value]
+        table.add_row(*row, *((p.description,) if wide else ()))
     out.print(table)
+    if not wide:
+        out.print("descriptions: `edgepack targets show NAME`, or a terminal 120 columns wide", highlight=False)
 
 
 @targets_app.command("show")

@@ -383,14 +383,14 @@ def render(report: InspectReport, *, top: int = 20) -> Any:
         ops.add_row(op, str(count), _si(cost.macs_by_op[op]) if op in cost.macs_by_op else "")
     if len(report.ops) > top:
         ops.add_row(f"... {len(report.ops) - top} more", "", "")
-    compat = Table("target", "runtime", "verdict", "unsupported", "unknown", "notes", title="Compatibility")
+    compat = Table("target", "runtime", "verdict", "unsupported", "unknown", title="Compatibility")
     for v in report.compat:
         style = _STYLE[v.verdict]
         compat.add_row(
-            v.target, v.runtime, f"[{style}]{v.verdict}[/{style}]", ", ".join(v.unsupported), ", ".join(v.unknown),
-            "\n".join(v.notes),
-        )  # fmt: skip
-    parts: list[Any] = [model, io, ops, compat]
+            v.target, v.runtime, f"[{style}]{v.verdict}[/{style}]", ", ".join(v.unsupported), ", ".join(v.unknown)
+        )
+    notes = [f"{v.target}: {note}" for v in report.compat for note in v.notes]  # full lines: they read at 80 columns
+    parts: list[Any] = [model, io, ops, compat, *(["\n".join(notes)] if notes else [])]
     if report.notes:
         parts.append("\n".join(f"note: {n}" for n in report.notes))
     return Group(*parts)

@@ -141,6 +141,8 @@ def _validation(validation: Mapping[str, Any]) -> list[Block]:
         ),
         _table(_OUTPUTS, _outputs(v.get("outputs") or []), 0),
     ]
+    if str(v.get("inputs", "")).startswith("random"):
+        blocks.append(Para(f"Inputs were {v['inputs']}: they say little about real data; pass --data.", loud=True))
     tol = v.get("tolerance") or {}
     if tol:
         budget = (

@@ -174,3 +174,13 @@ def test_jetson_bundles_name_their_tensorrt_and_list_each_step_once(tmp_path: Pa
     names = [step["name"] for step in manifest["steps"]]
     assert names.count("simplify") == 1 and names.count("convert") == 1, names
     assert "TensorRT 10.3" in (tmp_path / "jetson-orin-trt" / "requirements.txt").read_text()
+
+
+def test_reports_say_when_validation_inputs_were_random_and_tables_fit_80_columns(tmp_path: Path) -> None:
+    from edgepack.report import render_markdown
+
+    result = edgepack.package(DIGITS, targets=["rpi4-arm64-onnxruntime"], out=tmp_path, device_check=False)
+    assert "Inputs were random (seed 0)" in render_markdown(dict(result.targets[0].manifest or {}), {})
+    for args in (["targets"], ["inspect", str(DIGITS)]):
+        proc = _cli(*args)
+        assert proc.returncode == 0 and max(len(line) for line in proc.stdout.splitlines()) <= 80, args
