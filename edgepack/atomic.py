@@ -134,6 +134,15 @@ def _try_lock(dest: Path) -> IO[bytes] | None:
     return handle
 
 
+def is_locked(dest: Path) -> bool:
+    """Whether another process is writing ``dest`` now (a check before any work; the lock is taken later)."""
+    handle = _try_lock(dest)
+    if handle is None:
+        return True
+    _unlock(handle)
+    return False
+
+
 def _unlock(handle: IO[bytes]) -> None:
     import fcntl
 

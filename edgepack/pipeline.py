@@ -41,6 +41,8 @@ def preflight(plan: Plan, options: Options) -> dict[str, EdgepackError]:
     Returns:
         Target name -> the error that stops that target (its destination exists and ``force`` is off).
     """
+    from edgepack.atomic import is_locked
+
     if plan.out.exists() and not plan.out.is_dir():
         raise UsageError(f"--out {plan.out} is a file, not a folder.", hint="Choose a folder for the bundles.")
     refused: dict[str, EdgepackError] = {}
@@ -50,6 +52,10 @@ def preflight(plan: Plan, options: Options) -> dict[str, EdgepackError]:
         if existing and not options.force:
             refused[target.name] = OutputExistsError(
                 f"{existing[0]} already exists.", hint="Use --force to replace it, or another --out."
+            )
+        elif target.out_dir.parent.is_dir() and is_locked(target.out_dir):
+            refused[target.name] = OutputExistsError(
+                f"another edgepack run is writing {target.out_dir}.", hint="Wait for it, or choose another --out."
             )
     return refused
 

@@ -265,3 +265,20 @@ def test_atomic_write_bytes_and_text(tmp_path: Path) -> None:
         atomic_write_bytes(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def test_a_held_lock_is_refused_before_any_work(tmp_path: Path) -> None:
+    from edgepack.pipeline import preflight
+    from edgepack.plans import Options, make_plan
+    from edgepack.profiles import load_profile
+
+    plan = make_plan(ROOT / "examples" / "digits_cnn.keras", [load_profile("rpi4-arm64")], tmp_path)
+    proc = _writer(tmp_path / "rpi4-arm64", "v1", n=1, pause=30)
+    try:
+        assert _wait_line(proc) == "entered"
+        refused = preflight(plan, Options(force=True))
+        assert "another edgepack run is writing" in refused["rpi4-arm64"].message
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert preflight(plan, Options(force=True)) == {}
