@@ -174,7 +174,17 @@ def refuse_non_finite(ctx: RunContext, count: int = 2) -> None:
     else:
         feeds, origin = random_samples(reference.inputs, seed=ctx.options.seed, count=count), "seeded random inputs"
     for feed in feeds:
-        for spec, value in zip(reference.outputs, reference.run(feed), strict=False):
+        try:
+            outputs = reference.run(feed)
+        except ModelError as exc:  # before any conversion: the model itself does not run at these shapes
+            shapes = ", ".join(f"{s.name}={list(s.shape)}" for s in ctx.source.inputs)
+            raise ModelError(
+                f"{ctx.plan.model.name} does not run in {reference.runtime} at input shapes {shapes} "
+                f"({exc.message[:300]}); nothing was packaged.",
+                hint="A shape too small for the network's strides or pooling, or of the wrong layout, fails like "
+                "this: give shapes the model was made for (--input-shape NAME=...; see `edgepack inspect MODEL`).",
+            ) from exc
+        for spec, value in zip(reference.outputs, outputs, strict=False):
             array = np.asarray(value)
             if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
                 raise ModelError(

@@ -184,3 +184,11 @@ def test_reports_say_when_validation_inputs_were_random_and_tables_fit_80_column
     for args in (["targets"], ["inspect", str(DIGITS)]):
         proc = _cli(*args)
         assert proc.returncode == 0 and max(len(line) for line in proc.stdout.splitlines()) <= 80, args
+
+
+def test_a_shape_too_small_for_the_network_is_named_before_any_conversion(tmp_path: Path) -> None:
+    from tests.zoo import fetch
+
+    with pytest.raises(ModelError, match=r"does not run in onnxruntime at input shapes x=\[1, 3, 8, 8\]") as caught:
+        edgepack.package(fetch("ppocr-det"), targets=["intel-openvino-cpu"], out=tmp_path, input_shapes=["x=1,3,8,8"])
+    assert "strides" in caught.value.one_line() and not any(tmp_path.iterdir())
