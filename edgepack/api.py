@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgepack.errors import UsageError
+from edgepack.errors import EdgepackError, UsageError
 from edgepack.pipeline import run_plan
 from edgepack.plans import Options, PackageResult, Plan, make_plan
 from edgepack.profiles import Profile, builtin_names, load_all, load_profile
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the result types live beside their (heavier) producers, imp
 
 TargetLike = str | Path | Profile
 
-__all__ = ["inspect", "load_profile", "package", "plan", "resolve_targets", "targets", "verify"]
+__all__ = ["inspect", "load_profile", "package", "plan", "preflight", "resolve_targets", "targets", "verify"]
 
 
 def targets() -> list[Profile]:
@@ -114,6 +114,41 @@ def plan(
 ) -> Plan:
     """The resolved plan of :func:`package` without running it (``--dry-run``)."""
     return make_plan(Path(model), with_precision(resolve_targets(targets), precision), Path(out))
+
+
+def preflight(
+    model: str | Path,
+    *,
+    targets: Sequence[TargetLike],
+    out: str | Path = "out",
+    precision: str | None = None,
+    input_shapes: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+    data: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    force: bool = False,
+    trust_code: bool = False,
+) -> tuple[Plan, dict[str, EdgepackError]]:
+    """What :func:`package` would refuse before converting anything (``--dry-run``), without writing.
+
+    Raises the run-wide problems (bad shapes, data that does not fit, int8 without data, ``out`` a file);
+    returns the plan and, per target, the error that would stop it (its destination exists or is locked).
+    """
+    from edgepack.context import check_inputs
+    from edgepack.pipeline import preflight as destinations
+
+    options = Options(
+        input_shapes=_shapes(input_shapes),
+        data=Path(data) if data is not None else None,
+        eval_data=Path(eval_data) if eval_data is not None else None,
+        preprocess=dict(preprocess or {}),
+        force=force,
+        trust_code=trust_code,
+    )
+    the_plan = plan(model, targets=targets, out=out, precision=precision)
+    refused = destinations(the_plan, options)
+    check_inputs(the_plan, options)
+    return the_plan, refused
 
 
 def package(

@@ -73,12 +73,19 @@ def _run_package(model: Path, targets: list[Any], opts: PackageFlags, compress: 
     from edgepack import api
 
     if opts.dry_run:
-        from edgepack.pipeline import preflight
-        from edgepack.plans import Options
-
-        plan = api.plan(model, targets=targets, out=opts.out_dir, precision=opts.precision)
+        plan, refused = api.preflight(  # what the real run would refuse before converting anything
+            model,
+            targets=targets,
+            out=opts.out_dir,
+            precision=opts.precision,
+            input_shapes=opts.input_shape,
+            data=opts.data,
+            eval_data=opts.eval_data,
+            preprocess=_key_values(opts.preprocess),
+            force=opts.force,
+            trust_code=opts.trust,
+        )
         out.print_json(json.dumps(plan.to_dict())) if opts.as_json else print_plan(plan)
-        refused = preflight(plan, Options(force=opts.force))  # what the real run would refuse before any work
         for name, problem in refused.items():
             err.print(f"✗ {name}: {problem.one_line()}", highlight=False, markup=False)
         if refused:

@@ -99,6 +99,21 @@ class RunContext:
         return folder
 
 
+def check_inputs(plan: Plan, options: Options) -> None:
+    """What ``--dry-run`` can refuse without converting: int8 without data, the model's input shapes, and
+    whether the data fits them (the model's I/O is read and the data loaded, then both are dropped)."""
+    from edgepack.calibration import load_dataset
+    from edgepack.source import open_source
+
+    _refuse_int8_without_data(plan, options)
+    batch = min((t.profile.inputs.batch or 0 for t in plan.targets), default=1) or None
+    shapes = {**profile_shapes(plan), **options.input_shapes}
+    source = open_source(plan.model, input_shapes=shapes, batch=batch, trust_code=options.trust_code)
+    for data in (options.data, options.eval_data):
+        if data is not None:
+            load_dataset(data, source.inputs, preprocess=_preprocess(plan, options))
+
+
 def build_context(plan: Plan, options: Options, workdir: Path, progress: Progress) -> RunContext:
     """Open the source, compress it when asked, load the data: the complete context of a run."""
     from edgepack.source import open_source

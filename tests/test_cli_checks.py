@@ -192,3 +192,12 @@ def test_a_shape_too_small_for_the_network_is_named_before_any_conversion(tmp_pa
     with pytest.raises(ModelError, match=r"does not run in onnxruntime at input shapes x=\[1, 3, 8, 8\]") as caught:
         edgepack.package(fetch("ppocr-det"), targets=["intel-openvino-cpu"], out=tmp_path, input_shapes=["x=1,3,8,8"])
     assert "strides" in caught.value.one_line() and not any(tmp_path.iterdir())
+
+
+def test_dry_run_checks_the_data_against_the_model(tmp_path: Path) -> None:
+    bad = tmp_path / "wrong.npz"
+    np.savez(bad, x=np.zeros((4, 5), np.float32))  # the digits CNN takes 8x8x1 images
+    out = str(tmp_path / "out")
+    proc = _cli("package", str(DIGITS), "-t", "rpi4-arm64", "-o", out, "--data", str(bad), "--dry-run")
+    assert proc.returncode == 5, proc.stderr  # DataError, as the real run would exit
+    assert "wrong.npz" in proc.stderr and not (tmp_path / "out").exists()
