@@ -73,7 +73,32 @@ def run_tool(action: Callable[[], T], *, failure: str, hint: str) -> T:
             raise
         except Exception as exc:  # noqa: BLE001 - any tool failure is a conversion failure
             error = exc
-    raise ConversionError(f"{failure} ({first_line(error)}).", hint=hint) from error
+    cause = likely_cause(str(error))
+    raise ConversionError(f"{failure} ({first_line(error)}).", hint=f"{cause} {hint}" if cause else hint) from error
+
+
+# What a tool's message says about the cause, when it says it plainly: (pattern, what to tell the user).
+_CAUSES: tuple[tuple[str, str], ...] = (
+    (r"\b(float64|double|DT_DOUBLE|f64)\b", "Likely cause: the model uses float64 tensors; export it in float32."),
+    (
+        r"\b(complex64|complex128|DT_COMPLEX)\b",
+        "Likely cause: the model uses complex tensors, which edge runtimes lack.",
+    ),
+    (
+        r"(negative dimension|dimension.*(<|less than) ?[01]\b|output size is too small|kernel size.*larger)",
+        "Likely cause: an input shape too small for the network's strides or pooling; give a larger --input-shape.",
+    ),
+)
+
+
+def likely_cause(message: str) -> str | None:
+    """A one-sentence likely cause for a tool's failure message (dtype, too-small shape), or None."""
+    import re
+
+    for pattern, cause in _CAUSES:
+        if re.search(pattern, message, flags=re.IGNORECASE):
+            return cause
+    return None
 
 
 def first_line(exc: BaseException) -> str:

@@ -201,3 +201,16 @@ def test_dry_run_checks_the_data_against_the_model(tmp_path: Path) -> None:
     proc = _cli("package", str(DIGITS), "-t", "rpi4-arm64", "-o", out, "--data", str(bad), "--dry-run")
     assert proc.returncode == 5, proc.stderr  # DataError, as the real run would exit
     assert "wrong.npz" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_converter_failure_names_its_likely_cause() -> None:
+    from edgepack.errors import ConversionError
+    from edgepack.tools import likely_cause, run_tool
+
+    def fails() -> None:
+        raise TypeError("Value passed to parameter 'x' has DataType float64 not in list of allowed values")
+
+    with pytest.raises(ConversionError, match="Likely cause: the model uses float64 tensors"):
+        run_tool(fails, failure="the converter failed", hint="Report it.")
+    assert "too small" in (likely_cause("Negative dimension size caused by subtracting 3 from 2") or "")
+    assert likely_cause("KeyError: 'weight'") is None
