@@ -202,10 +202,7 @@ def package(
     if failed:
         first = failed[0].failure
         assert first is not None
-        lines = [t.error or "" for t in failed]
-        message = "; ".join(
-            line if line.startswith(f"{t.target}:") else f"{t.target}: {line}" for t, line in zip(failed, lines)
-        )
+        message = "; ".join(t.named_error or "" for t in failed)
         if len(result.targets) > 1:
             message = f"{len(failed)} of {len(result.targets)} targets failed: {message}"
         error = type(first)(message)

@@ -63,14 +63,14 @@ def _device(s: dict[str, Any]) -> str:
     return text
 
 
-def rows(result: Any) -> list[tuple[str, str, str, str, str, str]]:
+def rows(result: Any, summaries: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str, str]]:
     """One row per target: name, status, precision, size, accuracy or agreement, device."""
     table = []
     for t in result.targets:
         if t.error:
             table.append((t.target, "failed", "-", "-", "-", "-"))
             continue
-        s = t.summary()
+        s = summaries[t.target]
         table.append((t.target, "ok", str(s.get("precision") or "-"), _size(s), _accuracy(s), _device(s)))
     return table
 
@@ -91,7 +91,8 @@ def print_result(result: Any, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))
         return
-    lines = rows(result)
+    summaries = {t.target: t.summary() for t in result.targets if not t.error}  # read once per target
+    lines = rows(result, summaries)
     if out.width < NARROW:
         for name, status, precision, size, accuracy, device in lines:
             out.print(f"{name}: {status}; {precision}, {size}; {accuracy}; device {device}", highlight=False)
@@ -106,22 +107,21 @@ def print_result(result: Any, as_json: bool) -> None:
         for name, status, *rest in lines:
             table.add_row(name, "[red]failed[/red]" if status == "failed" else "[green]ok[/green]", *rest)
         out.print(table)
-    _print_notes(result)
+    _print_notes(result, summaries)
 
 
-def _print_notes(result: Any) -> None:
+def _print_notes(result: Any, summaries: dict[str, dict[str, Any]]) -> None:
     for t in result.targets:
         if t.error:
-            line = t.error if t.error.startswith(f"{t.target}:") else f"{t.target}: {t.error}"
-            out.print(f"✗ {line}", highlight=False, markup=False)
+            out.print(f"✗ {t.named_error}", highlight=False, markup=False)
     for t in result.targets:
-        executed = None if t.error else (t.summary().get("device") or {}).get("executed_as")
+        executed = None if t.error else (summaries[t.target].get("device") or {}).get("executed_as")
         if executed:
             out.print(f"· {t.target} executed as: {executed}", highlight=False, markup=False)
     for t in result.targets:
         if t.error:
             continue
-        for warning in t.summary().get("warnings", []):
+        for warning in summaries[t.target].get("warnings", []):
             out.print(f"! {t.target}: {warning}", highlight=False, markup=False)
     archives = [str(t.archive) for t in result.targets if t.archive]
     if archives:

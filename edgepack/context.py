@@ -102,43 +102,44 @@ class RunContext:
 def check_inputs(plan: Plan, options: Options) -> None:
     """What ``--dry-run`` can refuse without converting: int8 without data, the model's input shapes, and
     whether the data fits them (the model's I/O is read and the data loaded, then both are dropped)."""
-    from edgepack.calibration import load_dataset
+    _refuse_int8_without_data(plan, options)
+    original, _, _ = _open_source(plan, options)
+    _load_data(plan, options, original.inputs)
+
+
+def _open_source(plan: Plan, options: Options) -> tuple[Artifact, dict[str, Any], int | None]:
+    """The user's model with its input shapes (flags over profiles), the shapes given, and the batch."""
     from edgepack.source import open_source
 
-    _refuse_int8_without_data(plan, options)
     batch = min((t.profile.inputs.batch or 0 for t in plan.targets), default=1) or None
-    shapes = {**profile_shapes(plan), **options.input_shapes}
-    source = open_source(plan.model, input_shapes=shapes, batch=batch, trust_code=options.trust_code)
-    for data in (options.data, options.eval_data):
-        if data is not None:
-            load_dataset(data, source.inputs, preprocess=_preprocess(plan, options))
+    from_profiles = {k: v for k, v in profile_shapes(plan).items() if k not in options.input_shapes}
+    shapes = {**from_profiles, **options.input_shapes}  # --input-shape wins over the profiles'
+    original = open_source(plan.model, input_shapes=shapes, batch=batch, trust_code=options.trust_code)
+    return _from_profiles(original, from_profiles), shapes, batch
+
+
+def _load_data(plan: Plan, options: Options, inputs: Sequence[Any]) -> tuple[Dataset | None, Dataset | None]:
+    """The --data and --eval sets, each checked against the model's inputs (None where not given)."""
+    preprocess = _preprocess(plan, options)  # bad --preprocess values are refused even without data
+    if options.data is None and options.eval_data is None:
+        return None, None
+    from edgepack.calibration import load_dataset
+
+    sets = [
+        None if d is None else load_dataset(d, inputs, preprocess=preprocess) for d in (options.data, options.eval_data)
+    ]
+    return sets[0], sets[1]
 
 
 def build_context(plan: Plan, options: Options, workdir: Path, progress: Progress) -> RunContext:
     """Open the source, compress it when asked, load the data: the complete context of a run."""
-    from edgepack.source import open_source
-
     _refuse_int8_without_data(plan, options)
     progress(f"reading {plan.model.name}")
-    batch = min((t.profile.inputs.batch or 0 for t in plan.targets), default=1) or None
-    from_profiles = {k: v for k, v in profile_shapes(plan).items() if k not in options.input_shapes}
-    shapes = {**from_profiles, **options.input_shapes}  # --input-shape wins over the profiles'
-    original = _from_profiles(
-        open_source(plan.model, input_shapes=shapes, batch=batch, trust_code=options.trust_code), from_profiles
-    )
+    original, shapes, batch = _open_source(plan, options)
     source, compression = _compress(plan, options, original, batch, workdir, progress, shapes)
-    preprocess = _preprocess(plan, options)
-    dataset = eval_dataset = None
-    description: dict[str, Any] | None = None
-    if options.data is not None:
-        from edgepack.calibration import load_dataset
-
-        dataset = load_dataset(options.data, source.inputs, preprocess=preprocess)
-        description = dataset.describe()
-    if options.eval_data is not None:
-        from edgepack.calibration import load_dataset
-
-        eval_dataset = load_dataset(options.eval_data, source.inputs, preprocess=preprocess)
+    dataset, eval_dataset = _load_data(plan, options, source.inputs)
+    description: dict[str, Any] | None = dataset.describe() if dataset is not None else None
+    if eval_dataset is not None:
         description = {**(description or {}), "eval": eval_dataset.describe()}
     validation = eval_dataset if eval_dataset is not None else dataset
     samples = validation.take(options.validation_samples).as_lists() if validation is not None else None

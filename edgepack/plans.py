@@ -116,6 +116,14 @@ class TargetResult:
         return None if self.failure is None else self.failure.one_line()
 
     @property
+    def named_error(self) -> str | None:
+        """The failure's line, led by the target's name (once, whether or not the error already names it)."""
+        line = self.error
+        if line is None or line.startswith(f"{self.target}:"):
+            return line
+        return f"{self.target}: {line}"
+
+    @property
     def exit_code(self) -> int:
         return 0 if self.failure is None else self.failure.exit_code
 
