@@ -14,14 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 from edgepack.version import __version__
 
-__all__ = ["__version__", "check", "inspect", "load_profile", "package", "plan", "targets", "verify"]
-_API = frozenset(__all__) - {"__version__"}
+__all__ = ["__version__", "batch", "check", "inspect", "load_profile", "package", "plan", "targets", "verify"]
+_API = frozenset(__all__) - {"__version__", "batch"}
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgepack.api import check, inspect, load_profile, package, plan, targets, verify
+    from edgepack.fleet import batch
 
 
 def __getattr__(name: str) -> Any:
+    if name == "batch":  # many models x many targets, cached by content (edgepack.fleet)
+        from edgepack.fleet import batch
+
+        return batch
     if name in _API:
         from edgepack import api
 

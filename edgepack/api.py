@@ -152,9 +152,10 @@ def preflight(
 
 
 def package(
-    model: str | Path,
+    model: str | Path | Any,
     *,
     targets: Sequence[TargetLike],
+    example_inputs: Sequence[Any] | None = None,
     out: str | Path = "out",
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     data: str | Path | None = None,
@@ -171,9 +172,14 @@ def package(
     preprocess: Mapping[str, Any] | None = None,
     timestamp: bool = False,
     debug: bool = False,
+    device_workers: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PackageResult:
     """Convert, validate and bundle ``model`` for each target into ``out/<target>/``.
+
+    ``model`` is a model file (or SavedModel folder), or a live ``torch.nn.Module`` with ``example_inputs``
+    (a tuple of tensors at the shapes to package for); the module is exported to ONNX checked against
+    itself, and every bundle is validated against it.
 
     Every target is attempted, each on its own: one target's failure leaves the others as they would
     be without it. If any failed, an error of the first failure's class is raised with every target's
@@ -181,6 +187,20 @@ def package(
     succeed are written) and ``error.__cause__`` the first failure itself. ``debug`` lets an unexpected
     exception (a bug) propagate with its traceback instead of being reported as an internal error.
     """
+    if not isinstance(model, str | Path):  # a live torch.nn.Module: written once for the run, then as a file
+        import tempfile
+
+        from edgepack.torchio import save_live
+
+        with tempfile.TemporaryDirectory(prefix="edgepack-module-") as tmp:
+            saved = save_live(model, example_inputs or (), Path(tmp))
+            arguments = {k: v for k, v in locals().items() if k in _PACKAGE_ARGS}
+            return package(saved, **{**arguments, "trust_code": True})  # our own file of the caller's live module
+    if example_inputs is not None:
+        raise UsageError(
+            "example_inputs is for a live torch.nn.Module; a model file declares its own inputs.",
+            hint="Drop example_inputs, or give shapes with input_shapes={'x': (1, 3, 224, 224)}.",
+        )
     options = Options(
         input_shapes=_shapes(input_shapes),
         data=Path(data) if data is not None else None,
@@ -195,9 +215,14 @@ def package(
         preprocess=dict(preprocess or {}),
         timestamp=timestamp,
         debug=debug,
+        device_workers=device_workers,
     )
     profiles = with_quantize(with_precision(resolve_targets(targets), precision), quantize)
     result = run_plan(plan(model, targets=profiles, out=out), options, progress=progress)
+    if len(result.targets) > 1 and len(result.failures) < len(result.targets):
+        from edgepack.fleet.overview import write_overview  # OUT/index.html, summary.json/.csv, as batch writes
+
+        write_overview(out, result)
     failed = result.failures
     if failed:
         first = failed[0].failure
@@ -209,6 +234,13 @@ def package(
         error.result = result
         raise error from first
     return result
+
+
+_PACKAGE_ARGS = (
+    "targets", "out", "input_shapes", "data", "force", "device_check", "sign_key", "seed", "precision",
+    "allow_accuracy_drop", "compress", "quantize", "eval_data", "preprocess", "timestamp", "debug", "progress",
+    "device_workers",
+)
 
 
 def inspect(

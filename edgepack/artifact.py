@@ -23,6 +23,7 @@ class ModelFormat(str, enum.Enum):
     ONNX = "onnx"
     TFLITE = "tflite"
     OPENVINO = "openvino"  # OpenVINO IR: .xml (+ .bin beside it)
+    TORCH = "torch"  # PyTorch: a torch.export program (.pt2), or a trusted TorchScript/pickled module (.pt/.pth)
 
     @property
     def is_tensorflow(self) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgepack.artifact import Artifact
 from edgepack.errors import ProfileError
-from edgepack.profiles import Profile, Runtime
+from edgepack.profiles import Arch, Profile, Runtime
 from edgepack.version import __version__
 
 BUNDLE_FORMAT = 1
@@ -30,13 +30,26 @@ _REQUIREMENTS: dict[Runtime, tuple[str, ...]] = {
 }
 
 
+# Files every bundle ships beside its model: the runner, its verifier and the installer (edgepack/templates).
+DEVICE_SCRIPTS = ("run.py", "edgepack_verify.py", "install.py")
+
+
 def requirements(profile: Profile) -> list[str]:
-    """The device's pip requirements for the profile's runtime."""
+    """The device's pip requirements for the profile's runtime, and what signature checks need there."""
     lines = [line.format(version=profile.runtime_version) for line in _REQUIREMENTS[profile.runtime]]
     if profile.runtime is Runtime.TENSORRT:
         lines.insert(0, f"# TensorRT {runtime_version(profile)} and trtexec come with JetPack; run build_engine.sh")
         lines.append("# optional, to use run.py: onnxruntime-gpu for JetPack (NVIDIA's Jetson wheels)")
+    lines.append(_signature_requirement(profile))
     return lines
+
+
+def _signature_requirement(profile: Profile) -> str:
+    """The comment naming what checks Ed25519 signatures on the device (run.py --pubkey, install.py)."""
+    head = "# to check signatures on the device (run.py --pubkey, install.py): "
+    if profile.arch is Arch.ARMV7L:  # PyPI has no 32-bit ARM wheel of cryptography; Debian packages one
+        return head + "apt install python3-cryptography (PyPI has no armv7 wheel)"
+    return head + "pip install cryptography"
 
 
 def build_engine_script(
@@ -80,8 +93,9 @@ def stage_files(staging: Path, *, profile: Profile, artifact: Artifact, extra_fi
     staging.mkdir(parents=True, exist_ok=True)
     for file in artifact.files:
         shutil.copyfile(file, staging / Path(file).name)
-    runner = resources.files("edgepack.templates").joinpath("run.py").read_text()
-    (staging / "run.py").write_text(runner)
+    templates = resources.files("edgepack.templates")
+    for name in DEVICE_SCRIPTS:
+        (staging / name).write_text(templates.joinpath(name).read_text())
     (staging / "requirements.txt").write_text("\n".join(requirements(profile)) + "\n")
     for name, text in extra_files.items():
         (staging / name).write_text(text)

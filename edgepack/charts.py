@@ -58,6 +58,17 @@ def short_name(name: str, width: int = 40) -> str:
     return short if len(short) <= width else short[: width // 2 - 1] + "..." + short[-(width // 2 - 2) :]
 
 
+def layer_label(row: Mapping[str, Any]) -> str:
+    """A per-layer bar's label: the source model's layer where known, else the converter's name, shortened.
+
+    >>> layer_label({"name": "m_1/relu1_1/Relu;m_1/bn1_1/add", "source": "relu1", "op": "CONV_2D"})
+    'relu1 [CONV_2D]'
+    >>> layer_label({"name": "m_1/relu1_1/Relu;m_1/bn1_1/add", "source": None, "op": "CONV_2D"})
+    'relu1_1/Relu [CONV_2D]'
+    """
+    return f"{row.get('source') or short_name(str(row.get('name')))} [{row.get('op')}]"
+
+
 def _number(value: Any) -> float | None:
     """A finite float, +inf for "inf", None for anything else (missing, NaN)."""
     try:
@@ -68,7 +79,10 @@ def _number(value: Any) -> float | None:
 
 
 def _layers(fig: Any, data: Mapping[str, Any]) -> bool:
-    """Horizontal bars of SQNR per layer, worst on top; layers kept in float in another colour."""
+    """Horizontal bars of SQNR per layer, worst on top; layers kept in float in another colour.
+
+    Bars are labelled by :func:`layer_label`.
+    """
     scored = [(r, _number(r.get("sqnr_db"))) for r in data.get("layers") or []]
     rows = [(r, v) for r, v in scored if v is not None]
     if not rows:
@@ -82,7 +96,7 @@ def _layers(fig: Any, data: Mapping[str, Any]) -> bool:
     widths = [min(v, cap) for _, v in rows]
     colors = [FLOAT_COLOR if r.get("float") else INT8_COLOR for r, _ in rows]
     ax.barh(y, widths, color=colors, height=0.7)
-    labels = [f"{short_name(str(r.get('name')))} [{r.get('op')}]" for r, _ in rows]
+    labels = [layer_label(r) for r, _ in rows]
     ax.set_yticks(list(y), labels, parse_math=False, fontsize=8)
     ax.invert_yaxis()
     for i, (_, v) in enumerate(rows):

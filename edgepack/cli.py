@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgepack.cli_batch import batch
 from edgepack.cli_compress import compress_app
 from edgepack.cli_options import (
     JsonOpt,
@@ -26,6 +27,7 @@ from edgepack.cli_options import (
     out,
     with_common,
 )
+from edgepack.cli_release import release
 from edgepack.cli_summary import print_plan, print_result
 from edgepack.cli_tools import check, emulator_app, keygen, verify
 from edgepack.errors import EdgepackError, InternalError
@@ -41,7 +43,7 @@ targets_app = typer.Typer(help="List the target profiles, or show one resolved."
 app.add_typer(targets_app, name="targets")
 app.add_typer(compress_app, name="compress")
 app.add_typer(emulator_app, name="emulator")
-for _command in (verify, keygen, check):
+for _command in (verify, keygen, check, release, batch):
     app.command()(_command)
 
 
@@ -105,6 +107,7 @@ def _run_package(model: Path, targets: list[Any], opts: PackageFlags, compress: 
                 force=opts.force,
                 trust_code=opts.trust,
                 device_check=not opts.no_check,
+                device_workers=opts.device_workers,
                 sign_key=opts.sign,
                 precision=opts.precision,
                 allow_accuracy_drop=opts.allow_drop,

@@ -33,10 +33,22 @@ ForceOpt = Annotated[bool, flag("--force", help="Replace existing bundles in OUT
 DryOpt = Annotated[bool, flag("--dry-run", help="Print the resolved plan and stop.")]
 JsonOpt = Annotated[bool, flag("--json", help="Print a machine-readable summary on stdout.")]
 TrustOpt = Annotated[
-    bool, flag("--trust-model-code", help="Allow models with Python code (Keras Lambda layers).")
+    bool,
+    flag(
+        "--trust-model-code",
+        help="Allow models with Python code (Keras Lambda layers, TorchScript or pickled PyTorch .pt/.pth).",
+    ),
 ]
 NoCheckOpt = Annotated[
     bool, flag("--no-device-check", help="Skip running the bundle on the (emulated) device.")
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--device-workers",
+        min=1,
+        help="Device checks run at once while the next targets convert (default: one per core that memory allows).",
+    ),
 ]
 SignOpt = Annotated[Path | None, typer.Option("--sign", help="Sign each manifest with this Ed25519 private key.")]
 PrecisionOpt = Annotated[
@@ -85,6 +97,7 @@ class PackageFlags:
     as_json: bool = False
     trust: bool = False
     no_check: bool = False
+    device_workers: int | None = None
     sign: Path | None = None
 
 
@@ -106,6 +119,7 @@ def common_flags(
     as_json: JsonOpt = False,
     trust: TrustOpt = False,
     no_check: NoCheckOpt = False,
+    device_workers: WorkersOpt = None,
     sign: SignOpt = None,
 ) -> PackageFlags:
     """The flags every packaging command shares (its signature is copied onto each command)."""

@@ -269,6 +269,13 @@ def _compress(
     settings = compression_settings(options.compress, [t.profile for t in plan.targets])
     if not settings:
         return source, []
+    from edgepack.artifact import ModelFormat
+
+    if source.format is ModelFormat.TORCH:
+        raise UsageError(
+            f"compression ({', '.join(settings)}) works on Keras and ONNX models, not on a PyTorch source.",
+            hint="Prune or distill in PyTorch first, or package without --prune/--clip/--distill-student.",
+        )
     from edgepack.compress import PIPELINE_ORDER, pipeline_step
     from edgepack.source import open_source
 

@@ -24,6 +24,8 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "report",
     "cryptography": "sign",
     "PIL": "images",
+    "torch": "torch",
+    "onnxscript": "torch",
 }
 
 

@@ -317,8 +317,24 @@ def _base(
     return InspectReport(str(path), fmt, 0, "", tuple(inputs), tuple(outputs), **fields)
 
 
+def _inspect_torch(
+    path: Path, fmt: ModelFormat, shapes: dict[str, tuple[int, ...]], batch: int, trust_code: bool
+) -> InspectReport:
+    """A PyTorch model, read through the ONNX graph its export makes (checked against PyTorch)."""
+    from edgepack.convert import ConvertOptions, convert_once
+    from edgepack.source import open_source
+
+    src = open_source(path, input_shapes=shapes, batch=batch, trust_code=trust_code)
+    with tempfile.TemporaryDirectory(prefix="edgepack-inspect-") as tmp:
+        onnx_model = convert_once(src, ModelFormat.ONNX, Path(tmp), ConvertOptions(trust_code=trust_code))
+        report = _inspect_onnx(Path(onnx_model.path), ModelFormat.ONNX, shapes, batch, trust_code)
+    note = f"operators and MACs are those of the ONNX export ({onnx_model.meta.get('exporter', 'torch.onnx')})"
+    return replace(report, path=str(path), format=fmt, notes=(note, *report.notes))
+
+
 _READERS = {
     ModelFormat.ONNX: _inspect_onnx,
+    ModelFormat.TORCH: _inspect_torch,
     ModelFormat.TFLITE: _inspect_tflite,
     ModelFormat.KERAS: _inspect_tf,
     ModelFormat.H5: _inspect_tf,

@@ -5,6 +5,9 @@
 1. pre-flight checks that need no framework (destinations), per target;
 2. :func:`edgepack.context.build_context`: the source (compressed when asked), the data, the samples;
 3. for each target, :func:`edgepack.stages.run_target` runs its stages and writes its bundle atomically.
+   Conversion, quantization and validation run one target after another on the host; the device
+   checks (mostly an emulator process each) run on up to :func:`device_workers` worker threads while
+   the next targets convert, and each bundle is sealed as soon as its check is back.
 
 A target's failure is its own: it is recorded as that target's error (an
 :class:`~edgepack.errors.EdgepackError`, a bug wrapped as
@@ -15,9 +18,13 @@ a failed one fails exactly the targets that need it.
 
 from __future__ import annotations
 
+import functools
+import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from edgepack.errors import EdgepackError, InternalError, OutputExistsError, UsageError
 from edgepack.plans import (  # noqa: F401 - the plan types are part of this module's interface
@@ -74,14 +81,103 @@ def run_plan(plan: Plan, options: Options, *, progress: Progress | None = None) 
     if todo:
         with tempfile.TemporaryDirectory(prefix="edgepack-") as tmp:
             ctx = build_context(plan, options, Path(tmp), say)
-            for target in todo:
-                results[target.name] = _run_cell(ctx, target, run_target, options.debug)
+            checks = sum(1 for t in todo if _has_device_check(t, options))
+            workers = device_workers(options.device_workers, checks, model_bytes=_size(ctx.source.path))
+            if workers <= 1:
+                for target in todo:
+                    results[target.name] = _run_cell(target, functools.partial(run_target, ctx, target), options.debug)
+            else:
+                say(f"device checks: up to {workers} at a time, while the next targets convert")
+                results.update(_run_overlapped(ctx, todo, workers, options.debug))
     return PackageResult(plan, tuple(results[t.name] for t in plan.targets))
 
 
-def _run_cell(ctx: object, target: TargetPlan, run: Callable[..., TargetResult], debug: bool) -> TargetResult:
+def device_workers(requested: int | None, checks: int, *, model_bytes: int = 0) -> int:
+    """How many device checks run at once: ``requested``, else one per core that memory allows.
+
+    Each emulated check holds a guest runtime and the model (taken as 1.5 GiB plus 8x the model
+    file) while the host converts the next target (taken as 4 GiB); never more than ``checks``.
+    """
+    if requested is not None:
+        return max(1, min(requested, checks))
+    per_check = 1.5 * 2**30 + 8 * model_bytes
+    by_memory = int(max(0.0, _available_bytes() - 4 * 2**30) // per_check)
+    return max(1, min(os.cpu_count() or 1, by_memory, checks))
+
+
+def _available_bytes() -> float:
     try:
-        return run(ctx, target)
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0  # unknown: one check at a time
+
+
+def _size(path: Any) -> int:
+    try:
+        folder = Path(path)
+        return sum(f.stat().st_size for f in folder.rglob("*")) if folder.is_dir() else folder.stat().st_size
+    except OSError:
+        return 0
+
+
+def _has_device_check(target: TargetPlan, options: Options) -> bool:
+    from edgepack.profiles import Step
+
+    mode = target.profile.emulation.mode
+    return options.device_check and target.has(Step.DEVICE_CHECK) and str(getattr(mode, "value", mode)) != "none"
+
+
+def _run_overlapped(ctx: Any, targets: list[TargetPlan], workers: int, debug: bool) -> dict[str, TargetResult]:
+    """Targets prepared in plan order on this thread; their device checks on ``workers`` threads meanwhile.
+
+    Everything but the device checks stays on this thread (frameworks, the atomic output, signals).
+    An interruption stops the running emulators before it propagates.
+    """
+    from edgepack.emulator.process import stop_all
+    from edgepack.stages import device_check, prepare_target
+
+    results: dict[str, TargetResult] = {}
+    pending: dict[str, tuple[Any, Future[Any]]] = {}
+
+    def finish(block: bool) -> None:
+        for name, (state, future) in list(pending.items()):
+            if block or future.done():
+                del pending[name]
+                results[name] = _run_cell(state.target, functools.partial(_finish, ctx, state, future), debug)
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgepack-device-check")
+    try:
+        for target in targets:
+            finish(block=False)
+            prepared = _run_cell(target, functools.partial(prepare_target, ctx, target), debug)
+            if isinstance(prepared, TargetResult):  # it failed before its device check
+                results[target.name] = prepared
+            else:
+                pending[target.name] = (prepared, pool.submit(device_check, ctx, prepared))
+        finish(block=True)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return results
+
+
+def _finish(ctx: Any, state: Any, check: Future[Any]) -> TargetResult:
+    from edgepack.stages import finish_target
+
+    return finish_target(ctx, state, check.result())
+
+
+def _run_cell(target: TargetPlan, run: Callable[[], Any], debug: bool) -> Any:
+    """``run()``'s value, or the target's failed result: the target's error is its own."""
+    try:
+        return run()
     except EdgepackError as exc:
         return TargetResult(target.name, None, None, None, exc)
     except (KeyboardInterrupt, SystemExit):

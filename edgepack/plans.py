@@ -41,6 +41,7 @@ class Options:
     preprocess: Mapping[str, Any] = field(default_factory=dict)  # --preprocess KEY=VALUE flags
     timestamp: bool = False  # record the packaging time in manifests (bundles then differ run to run)
     debug: bool = False  # let unexpected exceptions (bugs) propagate with their traceback
+    device_workers: int | None = None  # device checks at once (None: one per core that memory allows)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,9 @@ def make_plan(model: Path, profiles: Sequence[Profile], out: Path) -> Plan:
     """Resolve routes and steps for each profile, from the model's detected format only."""
     from edgepack.source import detect_format
 
-    source_format = detect_format(model)
+    # A TorchScript or pickled .pt is planned like a trusted one; opening it (the run, --dry-run's input check)
+    # refuses it without --trust-model-code.
+    source_format = detect_format(model, trust_code=True)
     opsets = [p.target_opset for p in profiles if p.target_opset]
     opset = min([_TF2ONNX_MAX_OPSET, *opsets]) if opsets else DEFAULT_OPSET
     return Plan(model, source_format, out, opset, tuple(_target_plan(source_format, p, out) for p in profiles))

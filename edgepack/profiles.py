@@ -116,11 +116,13 @@ class Emulation(_Strict):
     python: str = "3.11"
     debs: tuple[str, ...] = ()
     wheels: tuple[str, ...] = ()
-    # Under emulation an inference's instruction count is deterministic: one warm-up and one counted
-    # inference say all that repetitions would (timed repetitions run only on real devices).
-    warmup: int = Field(default=1, ge=0)
+    # Under emulation an inference's instruction count is deterministic: one counted inference says all
+    # that repetitions would (timed repetitions run only on real devices). The validation samples run
+    # first in the same process and warm the runtime up, so no separate warm-up is needed by default.
+    warmup: int = Field(default=0, ge=0)
     runs: int = Field(default=1, ge=1)
     samples: int | None = Field(default=None, ge=1)  # cap on the validation samples checked under emulation
+    timeout_s: float = Field(default=1800, gt=0)  # an emulated run is stopped after this long
 
     @model_validator(mode="after")
     def _qemu_needs_cpu(self) -> Emulation:

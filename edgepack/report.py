@@ -171,7 +171,13 @@ def _device(check: Mapping[str, Any], meas: Mapping[str, Any], profile: Mapping[
         f"emulated CPU: {check['cpu']}" if check.get("cpu") else "emulated CPU: none (not emulated)",
         f"runtime on the device: {check.get('runtime')} {check.get('runtime_version')}; python "
         f"{check.get('python')}; numpy {check.get('numpy_version')}",
-        f"outputs agree with the host: {fmt(agreement.get('agree'))}",
+        f"outputs agree with the host: {fmt(agreement.get('agree'))}"
+        + (
+            f" (on {agreement.get('samples')} of the {agreement['of']} validation samples: the emulation's cap, "
+            "[emulation] samples; the others were validated on the host)"
+            if agreement.get("of")
+            else ""
+        ),
     ]
     items += [f"{key}: {check[key]}" for key in ("proxy", "precision") if check.get(key)]
     executed = executed_as(check.get("delegation"))

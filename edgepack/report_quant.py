@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edgepack.layer_names import display_name, short_converter_name
 from edgepack.report_blocks import (
     NOT_FASTER,
     OUTPUT_COLUMNS,
@@ -76,8 +77,8 @@ def quantization_blocks(quant: Mapping[str, Any], latency: Mapping[str, Any] | N
             ("tensor", "dtype", "scale", "zero point"), record_rows(io, ("tensor", "dtype", "scale", "zero_point")), 0
         ),
     ]
-    repaired = quant.get("repaired") or {}
-    blocks += repair_blocks(repaired) + layer_blocks(quant.get("layers") or [], repaired.get("float_layers") or [])
+    repaired, layers = quant.get("repaired") or {}, quant.get("layers") or []
+    blocks += repair_blocks(repaired, layers) + layer_blocks(layers, repaired.get("float_layers") or [])
     bars = [{"label": "float", "bytes": size.get("float_bytes")}, {"label": mode, "bytes": size.get("quantized_bytes")}]
     blocks.append(Chart("sizes", f"Model size: float vs {mode}", {"bars": bars}))
     if quant.get("warnings"):
@@ -102,13 +103,26 @@ def speed_blocks(latency: Mapping[str, Any] | None) -> list[Block]:
     return [Para(loud, loud=True), Para(text)]
 
 
-def repair_blocks(repaired: Mapping[str, Any]) -> list[Block]:
-    kept = repaired.get("float_layers") or []
+def _sources(repaired: Mapping[str, Any], layers: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Converter layer name -> source layer name, where the manifest knows it."""
+    known = {str(x.get("name")): x.get("source") for x in layers}
+    for a in [repaired, *(repaired.get("attempts") or [])]:
+        names = a.get("float_layers") if a is repaired else a.get("excluded")
+        sources = a.get("float_layers_source") if a is repaired else a.get("excluded_source")
+        if isinstance(names, list) and isinstance(sources, list) and len(sources) == len(names):
+            known.update({str(n): s for n, s in zip(names, sources, strict=True) if s})
+    return {name: str(source) for name, source in known.items() if source}
+
+
+def repair_blocks(repaired: Mapping[str, Any], layers: Sequence[Mapping[str, Any]] = ()) -> list[Block]:
+    """The layers kept in float (source names first, the converter's after) and every attempt's cost."""
+    sources = _sources(repaired, layers)
+    kept = [display_name(str(name), sources.get(str(name))) for name in repaired.get("float_layers") or []]
     attempts = [
         {
             **a,
             "n": i,
-            "excluded": a.get("excluded") or "-",
+            "excluded": [sources.get(str(n)) or short_converter_name(str(n)) for n in a.get("excluded") or []] or "-",
             "passed": pass_text(a),
             "size": bytes_text(a.get("size_bytes")),
             "int8": pct_text(a.get("quantized_accuracy")),
@@ -128,19 +142,47 @@ def repair_blocks(repaired: Mapping[str, Any]) -> list[Block]:
     ]
 
 
+def _source_text(layer: Mapping[str, Any]) -> str | None:
+    """``relu1 (fused: bn1, conv1)``: the source layer, and the others the converter fused into this op."""
+    if not layer.get("source"):
+        return None
+    fused = [str(f) for f in layer.get("source_fused") or []]
+    return f"{layer['source']} (fused: {', '.join(fused)})" if fused else str(layer["source"])
+
+
 def layer_blocks(layers: Sequence[Mapping[str, Any]], kept: Sequence[str]) -> list[Block]:
+    """The per-layer error table (source layer first, the converter's name shortened beside it) and its chart."""
     if not layers:
         return []
-    rows = [{**layer, "float": layer.get("name") in kept} for layer in layers]
+    rows = [
+        {
+            **layer,
+            "float": layer.get("name") in kept,
+            "layer": _source_text(layer),
+            "converter": short_converter_name(str(layer.get("name"))),
+        }
+        for layer in layers
+    ]
     bars = [
-        {"name": r.get("name"), "op": r.get("op_type"), "sqnr_db": r.get("sqnr_db"), "float": r["float"]} for r in rows
+        {
+            "name": r.get("name"),
+            "source": r.get("source"),
+            "op": r.get("op_type"),
+            "sqnr_db": r.get("sqnr_db"),
+            "float": r["float"],
+        }
+        for r in rows
     ]
     return [
         Heading(f"Per-layer error (the {len(rows)} worst layers of the fully quantized model)", 3),
+        Para(
+            "layer: the source model's layer (- where no source layer matches); converter name: the one the "
+            "backend uses, which quantize exclusions take."
+        ),
         table_block(
-            ("layer", "op", "SQNR dB", "RMSE / scale", "MSE", "kept in float"),
-            record_rows(rows, ("name", "op_type", "sqnr_db", "rmse_over_scale", "mse", "float")),
-            0,
+            ("layer", "converter name", "op", "SQNR dB", "RMSE / scale", "MSE", "kept in float"),
+            record_rows(rows, ("layer", "converter", "op_type", "sqnr_db", "rmse_over_scale", "mse", "float")),
+            1,
         ),
         Chart("layers", "Per-layer quantization error (SQNR in dB; lower is worse)", {"layers": bars}),
     ]

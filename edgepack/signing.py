@@ -144,6 +144,16 @@ def _load_public(path: Path) -> Any:
     return key
 
 
+def fingerprint_of_private(private_key_path: Path) -> str:
+    """The fingerprint of a private key's public half (what devices will print on verifying its signatures).
+
+    Raises:
+        UsageError: The key is missing, not Ed25519, or encrypted.
+        MissingDependencyError: ``cryptography`` is not installed.
+    """
+    return _fingerprint_of(_load_private(private_key_path).public_key())
+
+
 def fingerprint(public_key_path: Path) -> str:
     """Short fingerprint ``sha256:<32 hex>`` of a public key file, to show which key verified a bundle.
 

@@ -2,8 +2,9 @@
 
 Nothing here runs code from a model file: Keras models load in safe mode and
 a ``Lambda`` layer (Python code in the file) is refused unless the user opts
-in with ``trust_code=True`` (``--trust-model-code``). Pickles (PyTorch
-checkpoints, ``.pkl``) are refused outright.
+in with ``trust_code=True`` (``--trust-model-code``). A PyTorch ``.pt2``
+(torch.export) runs no code when read; a TorchScript or pickled ``.pt``/``.pth``
+does, and is refused without that flag. Other pickles (``.pkl``) are refused outright.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from edgepack.shapes import InputShape
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ONNX_FIRST_BYTES = {0x08, 0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x42}
 _SHAPE_FLAG = "--input-shape NAME=1,224,224,3"
+_TORCH_SUFFIXES = (".pt", ".pth")
 
 Shape = tuple[int | None, ...]
 
@@ -30,11 +32,15 @@ Shape = tuple[int | None, ...]
 # --------------------------------------------------------------------------- detection
 
 
-def detect_format(path: str | Path) -> ModelFormat:
+def detect_format(path: str | Path, *, trust_code: bool = False) -> ModelFormat:
     """Detect a model's format from its content (the extension is only a tie-breaker).
 
+    A ``.pt2`` (torch.export) is :attr:`ModelFormat.TORCH`; so is a TorchScript or ``torch.save`` file
+    (``.pt``/``.pth``) when ``trust_code`` is True: loading one runs code from it.
+
     Raises:
-        ModelError: the path is missing, empty, unsafe (a pickle) or not a model edgepack reads.
+        ModelError: the path is missing, empty, unsafe (a pickle, TorchScript without ``trust_code``) or not a
+            model edgepack reads.
     """
     path = Path(path)
     try:
@@ -64,8 +70,10 @@ def detect_format(path: str | Path) -> ModelFormat:
     if head[4:8] == b"TFL3":
         return ModelFormat.TFLITE
     if head.startswith(b"PK\x03\x04"):
-        return _detect_zip(path)
+        return _detect_zip(path, trust_code)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if path.suffix.lower() in _TORCH_SUFFIXES:  # a legacy torch.save file
+            return _trusted_torch(path, "pickle", trust_code)
         raise ModelError(
             f"{path} is a Python pickle; edgepack never loads pickles (they can run code).",
             hint="Export the model to ONNX, .keras or SavedModel first.",
@@ -78,25 +86,37 @@ def detect_format(path: str | Path) -> ModelFormat:
     if head[0] in _ONNX_FIRST_BYTES:
         return ModelFormat.ONNX
     raise ModelError(
-        f"{path} is not a model edgepack recognises (not .keras, .h5, SavedModel, .onnx or .tflite content).",
+        f"{path} is not a model edgepack recognises "
+        "(not .keras, .h5, SavedModel, .onnx, .tflite or PyTorch .pt2 content).",
         hint="Check that the file is complete and of a supported format.",
     )
 
 
-def _detect_zip(path: Path) -> ModelFormat:
+def _detect_zip(path: Path, trust_code: bool = False) -> ModelFormat:
+    from edgepack.torchio import EXPORTED, zip_kind
+
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
     except (zipfile.BadZipFile, OSError) as exc:
         raise ModelError(f"{path} is a damaged zip archive ({exc}).", hint="Re-export the .keras model.") from exc
-    if any(n.endswith("data.pkl") for n in names):
-        raise ModelError(
-            f"{path} is a PyTorch checkpoint (pickle); edgepack never loads pickles.",
-            hint="Export it to ONNX with torch.onnx.export and package the .onnx.",
-        )
+    kind = zip_kind(names)
+    if kind == EXPORTED:
+        return ModelFormat.TORCH
+    if kind is not None:
+        return _trusted_torch(path, kind, trust_code)
     if "config.json" in names:
         return ModelFormat.KERAS
     raise ModelError(f"{path} is a zip archive but not a Keras 3 model (no config.json).")
+
+
+def _trusted_torch(path: Path, kind: str, trust_code: bool) -> ModelFormat:
+    """A TorchScript or pickled PyTorch file: TORCH when trusted, else refused naming the flag."""
+    from edgepack.torchio import refuse_untrusted
+
+    if not trust_code:
+        raise refuse_untrusted(path, kind)
+    return ModelFormat.TORCH
 
 
 # --------------------------------------------------------------------------- shapes
@@ -247,6 +267,33 @@ def _fix_output_batch(spec: TensorSpec, batch_size: int | None) -> TensorSpec:
     return spec
 
 
+def _torch_io(
+    path: Path, given: GivenShapes | None, trust_code: bool
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """A PyTorch file's I/O; a module that declares no input shapes (TorchScript, a pickle) takes the given
+    ones, and its outputs come from running it at them."""
+    from edgepack import torchio
+
+    inputs, outputs = torchio.read_io(path, trust_code=trust_code)
+    if outputs:
+        return inputs, outputs
+    wanted = _given(given)
+    if "" in wanted and len(inputs) == 1:
+        wanted[inputs[0].name] = wanted.pop("").named(inputs[0].name)
+    missing = [spec.name for spec in inputs if spec.name not in wanted]
+    if missing:
+        raise ModelError(
+            f"{path.name} is a PyTorch module that does not declare its input shapes ({', '.join(missing)}).",
+            hint="Give each with --input-shape NAME=1,3,224,224 (input_shapes= in the API), or package a .pt2.",
+        )
+    outputs = torchio.output_specs(
+        torchio.load(path, trust_code=trust_code), [spec.with_shape(wanted[spec.name].static()) for spec in inputs]
+    )
+    # A dim given as a range is declared dynamic, so that the range fits it (as an ONNX model's dynamic dim).
+    dims = {name: tuple(d if isinstance(d, int) else None for d in shape.dims) for name, shape in wanted.items()}
+    return [spec.with_shape(dims[spec.name]) for spec in inputs], outputs
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -279,10 +326,13 @@ def open_source(
     from edgepack import memory
 
     path = Path(path)
-    fmt = detect_format(path)
+    fmt = detect_format(path, trust_code=trust_code)
     needs = {"the model loaded and converted": memory.MODEL_COPIES * memory.model_bytes(path)}
     memory.check_fits(path, needs)  # before a framework reads the whole file
-    inputs, outputs = read_io(path, fmt, trust_code=trust_code)
+    if fmt is ModelFormat.TORCH:
+        inputs, outputs = _torch_io(path, input_shapes, trust_code)
+    else:
+        inputs, outputs = read_io(path, fmt, trust_code=trust_code)
     if not inputs:
         raise ModelError(f"{path} has no inputs.", hint="Re-export the model with its input layer.")
     untyped = [i.name for i in inputs if not _is_numpy_dtype(i.dtype)]

@@ -89,7 +89,7 @@ def _bundle(folder: Path, model: Path, runtime: str, shape=(1, 32), out=(1, 64))
 
 def _run(runner, bundle: Path, tmp: Path, tag: str, count: int = 1) -> tuple[RunResult, dict, np.ndarray]:
     args = ["--input", str(tmp / "x.npy"), "--output", str(tmp / f"{tag}.npz"), "--report", str(tmp / f"{tag}.json")]
-    result = runner.run(bundle, [*args, "--runs", "0", "--count", str(count), "--warmup", "1"], env={})
+    result = runner.run(bundle, [*args, "--runs", "0", "--count", str(count), "--warmup", "0"], env={})
     assert result.ok, result.stderr[-2000:]
     with np.load(tmp / f"{tag}.npz") as data:
         return result, json.loads((tmp / f"{tag}.json").read_text()), data["y"]
@@ -377,12 +377,12 @@ def test_emulated_checks_count_one_inference_and_time_only_where_it_means_someth
     (tmp_path / "run.py").write_text(RUN_PY.read_text())
     profile = load_profile("rpi4-arm64")
     emulated = run_args(profile, "qemu-user", tmp_path)
-    assert emulated[:6] == ["--warmup", "1", "--runs", "0", "--count", "1"]
+    assert emulated[:6] == ["--warmup", "0", "--runs", "0", "--count", "1"]
     timed = run_args(profile, "ssh", tmp_path)
     assert timed[:4] == ["--warmup", str(profile.latency.warmup), "--runs", str(profile.latency.runs)]
     assert "--count" not in timed
     (tmp_path / "run.py").write_text("# an older bundle's run.py: no block option\n")
-    assert run_args(profile, "qemu-user", tmp_path)[:4] == ["--warmup", "1", "--runs", "1"]
+    assert run_args(profile, "qemu-user", tmp_path)[:4] == ["--warmup", "0", "--runs", "1"]
 
 
 def test_the_count_is_the_counted_block_less_the_markers():

@@ -223,4 +223,12 @@ def test_every_runtime_has_a_backend():
 
 def test_layer_error_to_dict_writes_inf_as_text():
     data = LayerError("conv", "CONV_2D", sqnr_db=math.inf, mse=0.0).to_dict()
-    assert data == {"name": "conv", "op_type": "CONV_2D", "sqnr_db": "inf", "mse": 0.0, "rmse_over_scale": None}
+    assert data == {
+        "name": "conv",
+        "source": None,
+        "source_fused": [],
+        "op_type": "CONV_2D",
+        "sqnr_db": "inf",
+        "mse": 0.0,
+        "rmse_over_scale": None,
+    }

@@ -14,6 +14,7 @@ import pytest
 
 import edgepack
 from edgepack.charts import short_name
+from edgepack.layer_names import short_converter_name
 from edgepack.report import NOT_FASTER, Chart, fmt, render_markdown, report_blocks, wall_time_kind
 from edgepack.report_html import render_html
 
@@ -155,9 +156,10 @@ def test_markdown_has_quantization_settings_io_params_layers_and_sizes(real):
     assert "| probs | float32 | - | - |" in text
     assert f"method {quant['settings']['method']}" in text
     assert f"calibration samples: {quant['settings']['calibration_samples']}" in text
-    assert "| layer | op | SQNR dB | RMSE / scale | MSE | kept in float |" in text
+    assert "| layer | converter name | op | SQNR dB | RMSE / scale | MSE | kept in float |" in text
     for layer in quant["layers"]:
-        assert f"| {layer['name']} | {layer['op_type']} | {fmt(layer['sqnr_db'])} |" in text
+        name, op, sqnr = short_converter_name(layer["name"]), layer["op_type"], fmt(layer["sqnr_db"])
+        assert f"| {layer['source']} | {name} | {op} | {sqnr} |" in text
     size = quant["size"]
     assert f"size: float {size['float_bytes']:,} B" in text and f"int8 {size['quantized_bytes']:,} B" in text
     assert "None: every layer is quantized." in text
@@ -167,15 +169,17 @@ def test_markdown_has_quantization_settings_io_params_layers_and_sizes(real):
 def test_repaired_layers_and_every_attempt_are_listed(real):
     manifest, measurements = copy.deepcopy(real["intel-openvino-cpu"])
     quant = manifest["quantization"]
-    worst = quant["layers"][0]["name"]
+    worst, source = quant["layers"][0]["name"], quant["layers"][0]["source"]
     first = copy.deepcopy(quant["repaired"]["attempts"][0])
     second = {**first, "float_layers": 1, "excluded": [worst], "size_bytes": 40000, "quantized_accuracy": 0.98}
     quant["repaired"] = {"float_layers": [worst], "attempts": [{**first, "passed": False}, second]}
     text = render_markdown(manifest, measurements)
-    assert f"- {worst}" in text.split("### Layers kept in float (repair)")[1]
+    assert f"- {source} ({worst})" in text.split("### Layers kept in float (repair)")[1]
     assert _line(text, "| 1 | 0 | - |").endswith("| FAIL |")
-    assert "40,000 B" in _line(text, f"| 2 | 1 | {worst} |")
-    assert _line(text, f"| {worst} | {quant['layers'][0]['op_type']} |").endswith("| yes |")
+    assert "40,000 B" in _line(text, f"| 2 | 1 | {source} |")
+    assert _line(text, f"| {source} | {short_converter_name(worst)} | {quant['layers'][0]['op_type']} |").endswith(
+        "| yes |"
+    )
     chart = next(b for b in report_blocks(manifest, measurements) if isinstance(b, Chart) and b.kind == "layers")
     assert [row["float"] for row in chart.data["layers"]].count(True) == 1
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.artifact import Artifact, ModelFormat
-from edgepack.convert import keras_tflite, onnx_fix, onnx_openvino, onnx_tflite, tf_onnx
+from edgepack.convert import keras_tflite, onnx_fix, onnx_openvino, onnx_tflite, tf_onnx, torch_onnx
 from edgepack.errors import UsageError
 from edgepack.shapes import InputShape
 
@@ -77,6 +77,9 @@ ROUTES: dict[tuple[ModelFormat, ModelFormat], tuple[ModelFormat, ...]] = {
     (F.TFLITE, F.TFLITE): (),
     (F.TFLITE, F.ONNX): (F.ONNX,),
     (F.TFLITE, F.OPENVINO): (F.OPENVINO,),
+    (F.TORCH, F.ONNX): (F.ONNX,),
+    (F.TORCH, F.TFLITE): (F.ONNX, F.TFLITE),
+    (F.TORCH, F.OPENVINO): (F.ONNX, F.OPENVINO),
 }
 
 # (from, to) -> the converter for that one hop.
@@ -92,6 +95,7 @@ HOPS: dict[tuple[ModelFormat, ModelFormat], Hop] = {
     (F.ONNX, F.TFLITE): onnx_tflite.convert,
     (F.ONNX, F.OPENVINO): onnx_openvino.convert,
     (F.TFLITE, F.OPENVINO): onnx_openvino.convert,
+    (F.TORCH, F.ONNX): torch_onnx.convert,
 }
 
 
@@ -105,7 +109,7 @@ def route(src: ModelFormat, dst: ModelFormat) -> list[ModelFormat]:
     if chain is None:
         raise UsageError(
             f"edgepack cannot convert {ModelFormat(src).value} models to {ModelFormat(dst).value}.",
-            hint="Start from a .keras, .h5, SavedModel, .onnx or .tflite model.",
+            hint="Start from a .keras, .h5, SavedModel, .onnx, .tflite or PyTorch .pt2 model.",
         )
     return list(chain)
 

@@ -66,7 +66,7 @@ class QemuRunner:
         profile: The target profile (``emulation.mode = "qemu-user"``).
         progress: Called with one-line messages while the guest is being built.
         count_instructions: Count guest instructions per inference when the plugin is available.
-        timeout_s: Kill a run after this long.
+        timeout_s: Kill a run after this long (default: the profile's ``[emulation] timeout_s``).
         root: Cache root (default: ``$EDGEPACK_CACHE``, see :func:`edgepack.emulator.cache.cache_root`).
     """
 
@@ -78,12 +78,14 @@ class QemuRunner:
         *,
         progress: Callable[[str], None] | None = None,
         count_instructions: bool = True,
-        timeout_s: float = 600,
+        timeout_s: float | None = None,
         root: Path | None = None,
     ) -> None:
         self.profile, self.progress, self.root = profile, progress, root
-        self.count_instructions, self.timeout_s = count_instructions, timeout_s
+        self.count_instructions = count_instructions
+        self.timeout_s = timeout_s or float(getattr(profile.emulation, "timeout_s", 1800))
         self._env: Any = None
+        self._last_progress = 0.0
 
     def setup(self) -> Any:
         """Build or find the guest environment (:class:`edgepack.emulator.qemu.EmuEnv`)."""
@@ -110,6 +112,7 @@ class QemuRunner:
     def run(self, bundle_dir: Path, args: list[str], *, env: dict[str, str]) -> RunResult:
         from edgepack.emulator import qemu
 
+        self._last_progress = time.monotonic()
         return qemu.run(
             self.setup(),
             self.profile,
@@ -118,7 +121,19 @@ class QemuRunner:
             count_instructions=self.count_instructions,
             extra_env=env,
             timeout_s=self.timeout_s,
+            on_progress=self._on_progress if self.progress is not None else None,
         )
+
+    def _on_progress(self, done: int, total: int, elapsed_s: float) -> None:
+        """A line per inference still to come, at most every 10 s, with the time left from the rate so far."""
+        from edgepack.emulator.process import eta_message
+
+        now = time.monotonic()
+        if done >= total or now - self._last_progress < 10:
+            return
+        self._last_progress = now
+        assert self.progress is not None
+        self.progress(eta_message(self.profile.name, done, total, elapsed_s))
 
 
 # Backend name -> factory(profile, **options). docker and ssh register here too.

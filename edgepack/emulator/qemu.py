@@ -266,6 +266,7 @@ def run(
     count_instructions: bool = False,
     extra_env: dict[str, str] | None = None,
     timeout_s: float = 600,
+    on_progress: Callable[[int, int, float], None] | None = None,
 ) -> RunResult:
     """Run a Python ``script`` (a host path) in the guest, with ``args``.
 
@@ -282,6 +283,7 @@ def run(
             block in ``args`` (see :func:`counted_total`).
         extra_env: More environment variables for the guest.
         timeout_s: Kill the run after this long.
+        on_progress: Called with (inferences done, expected, seconds so far) as run.py reports them.
 
     Raises:
         DeviceCheckError: the run took longer than ``timeout_s``.
@@ -293,20 +295,22 @@ def run(
         work = Path(tmp)
         staged, script = _stage(work, script, args)
         # The guest's layout (environment, paths) is the same for every run: the count depends on it.
-        guest_env = guest.environment(view, {**(extra_env or {}), "HOME": str(work), "TMPDIR": str(work), "TZ": "UTC"})
+        fixed = {"HOME": str(work), "TMPDIR": str(work), "TZ": "UTC", "EDGEPACK_PROGRESS": "1"}
+        guest_env = guest.environment(view, {**(extra_env or {}), **fixed})
         counts = work / "counts.json"
         plugin_args: list[str] = []
         if count_instructions:
             note = _plugin_problem(env.qemu, counts)
             if not note:
-                plugin_args = ["-plugin", f"{env.qemu.plugin},out={counts}"]
+                mode = ",mode=inline" if _one_busy_thread(profile, args) else ""
+                plugin_args = ["-plugin", f"{env.qemu.plugin},out={counts}{mode}"]
                 guest_env["EDGEPACK_COUNT"] = "1"
         base = [*env.qemu.command(em.qemu_arch), "-cpu", em.qemu_cpu, "-L", str(view)]
         tail = [str(view / env.stamp["python"].lstrip("/")), str(script), *staged.args]
-        rc, out, err, wall = _exec([*base, *plugin_args, *tail], script.parent, guest_env, timeout_s)
+        rc, out, err, wall = _exec([*base, *plugin_args, *tail], script.parent, guest_env, timeout_s, on_progress)
         if plugin_args and rc != 0 and "plugin" in err.lower():
             note = "qemu could not load the counting plugin: " + " ".join(err.split())[-200:]
-            rc, out, err, wall = _exec([*base, *tail], script.parent, guest_env, timeout_s)
+            rc, out, err, wall = _exec([*base, *tail], script.parent, guest_env, timeout_s, on_progress)
         regions, more = _read_counts(counts) if plugin_args and not note else (None, "")
         for name, host in staged.downloads:
             if (work / "io" / name).is_file():
@@ -315,6 +319,18 @@ def run(
     total, inferences = counted_total(regions, args)
     per_run = round(total / inferences) if total is not None else None
     return RunResult(rc, out, err, wall, per_run, instructions_total=total, note=note, runner="qemu-user")
+
+
+ONE_THREAD_RUNTIMES = ("litert", "tflite-runtime")  # no helper threads run during a 1-thread inference
+
+
+def _one_busy_thread(profile: Any, args: list[str]) -> bool:
+    """Whether the counted region runs on one guest thread only, so the plugin's cheap inline count is exact.
+
+    ONNX Runtime keeps helper threads that wake at random times: it is counted per thread.
+    """
+    runtime = str(getattr(profile.runtime, "value", profile.runtime))
+    return runtime in ONE_THREAD_RUNTIMES and int_arg(args, "--threads", 1) == 1
 
 
 def _run_parent() -> str | None:
@@ -363,43 +379,17 @@ def _plugin_problem(tool: QemuTool, counts: Path) -> str:
     return ""
 
 
-ADDR_NO_RANDOMIZE = 0x0040000  # personality(2) flag, as ``setarch -R`` sets it
+def _exec(
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[int, str, str, float]:
+    from edgepack.emulator import process
 
-
-def _no_aslr() -> None:
-    """Run qemu without address randomisation: where qemu maps the guest's libraries and heap then repeats.
-
-    Code whose path depends on addresses (hash tables seeded by an address, as Abseil's in ONNX
-    Runtime are; alignment prologues) otherwise executes a different number of instructions each run.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    current = libc.personality(0xFFFFFFFF)
-    if current != -1:
-        libc.personality(current | ADDR_NO_RANDOMIZE)
-
-
-def _exec(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -> tuple[int, str, str, float]:
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_no_aslr if platform.system() == "Linux" else None,  # noqa: PLW1509 - only personality(2)
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise DeviceCheckError(
-            f"the emulated run took over {timeout_s:.0f} s and was stopped.",
-            hint="Emulated inference is 20-400x slower than the host: lower [emulation] runs/warmup, "
-            "or check on the device with --runner ssh://user@host.",
-        ) from exc
-    return proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start
+    no_aslr = process.no_aslr if platform.system() == "Linux" else None
+    return process.run(cmd, cwd=cwd, env=env, timeout_s=timeout_s, preexec_fn=no_aslr, on_progress=on_progress)
 
 
 def _read_counts(path: Path) -> tuple[list[int] | None, str]:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,15 @@ def digest(*, bundle: Path, manifest: dict[str, Any], runner: dict[str, Any], in
     """The name of a run: a sha256 of everything that decides its outputs and counts.
 
     Args:
-        bundle: The bundle folder (its model files and run.py are hashed, not its manifest: the
+        bundle: The bundle folder (its model files and Python files are hashed, not its manifest: the
             manifest names the target, which does not change what runs).
         manifest: The bundle's manifest (model, runtime, inputs and outputs are used).
         runner: The runner's identity (:meth:`edgepack.emulator.QemuRunner.identity`).
         inputs: The .npz of inputs given to run.py.
         args: run.py's arguments other than file paths.
     """
-    files = sorted(set(manifest["model"].get("files") or []) | {manifest["model"]["file"], "run.py"})
+    scripts = {p.name for p in bundle.glob("*.py")}  # run.py and any module it imports from beside it
+    files = sorted(set(manifest["model"].get("files") or []) | {manifest["model"]["file"], "run.py"} | scripts)
     key = {
         "files": {name: _file_digest(bundle / name) for name in files},
         "model": {k: manifest["model"].get(k) for k in ("file", "format")},
@@ -55,6 +57,16 @@ def digest(*, bundle: Path, manifest: dict[str, Any], runner: dict[str, Any], in
         "args": args,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_CLAIMS: dict[str, threading.Lock] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def claim(name: str) -> threading.Lock:
+    """The lock of run ``name`` in this process: concurrent device checks do an identical run once."""
+    with _CLAIMS_LOCK:
+        return _CLAIMS.setdefault(name, threading.Lock())
 
 
 def load(name: str, dest: Path, root: Path | None = None) -> RunResult | None:

@@ -128,6 +128,9 @@ class LayerError:
         mse: Mean squared error between the float and the dequantized output.
         rmse_over_scale: ``sqrt(mse) / scale``; about 0.29 is plain rounding, more means clipping
             or worse. None where the backend does not know the output scale.
+        source: The source model's layer this one comes from (``conv1``), None when unknown; set by
+            :func:`quantize_for_target`, not by the backends (see :mod:`edgepack.layer_names`).
+        fused: Other source layers fused into this one by the converter (a conv's batch norm and ReLU).
     """
 
     name: str
@@ -135,10 +138,14 @@ class LayerError:
     sqnr_db: float
     mse: float
     rmse_over_scale: float | None = None
+    source: str | None = None
+    fused: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "source": self.source,
+            "source_fused": list(self.fused),
             "op_type": self.op_type,
             "sqnr_db": _json_float(self.sqnr_db),
             "mse": _json_float(self.mse),
@@ -175,7 +182,9 @@ def quantize_for_target(
     for the budget rule); per-layer errors are measured (int8); when the gate fails, the worst
     layers are kept in float, 1, 2, 4, ... up to ``profile.quantize.max_float_layers``, until it
     passes (:mod:`edgepack.quantize.repair`); finally the float and quantized artifacts are timed
-    on this host, one thread (:mod:`edgepack.quantize.speed`).
+    on this host, one thread (:mod:`edgepack.quantize.speed`). Each per-layer row also names the
+    source model's layer it comes from (``source``, :mod:`edgepack.layer_names`); exclusions keep
+    the converter's names, which are what the backends take.
 
     Args:
         source: The user's float model (the gate's reference).
@@ -230,6 +239,7 @@ def quantize_for_target(
     if options.mode == "int8":
         say(f"{profile.name}: measuring per-layer quantization error")
         layers, note = _layer_errors(backend, pre, float_artifact, first.artifact, calib, options, profile)
+        layers = _named_by_source(layers, source, pre, float_artifact)
         warnings += note
     attempts = [first]
     if not first.gate.passed and options.mode == "int8":
@@ -240,7 +250,7 @@ def quantize_for_target(
     warnings += final.gate.notes
     if not final.gate.passed:
         if not allow_drop:
-            raise _accuracy_error(profile, options.mode, final.gate, layers, attempts)
+            raise _accuracy_error(profile, options.mode, final.gate, layers, attempts, float_artifact.format)
         warnings.append(f"ACCURACY BELOW BUDGET (--allow-accuracy-drop): {final.gate.summary()}")
     say(f"{profile.name}: timing float vs {options.mode} on this host")
     latency = speed.compare_latency(
@@ -287,12 +297,31 @@ def _layer_errors(
     return sorted(found, key=lambda e: (-math.inf if math.isnan(e.sqnr_db) else e.sqnr_db, -e.mse)), []
 
 
+def _named_by_source(
+    layers: list[LayerError], source: Artifact, pre: Artifact, float_artifact: Artifact
+) -> list[LayerError]:
+    """The layers with the source model's layer names they come from (the converter's names stay the key)."""
+    from edgepack.layer_names import source_map
+
+    found = source_map([e.name for e in layers], source, pre, float_artifact)
+    return [replace(e, source=(found[e.name] or (None,))[0], fused=found[e.name][1:]) for e in layers]
+
+
 def _accuracy_error(
-    profile: Profile, mode: str, gate: GateReport, layers: list[LayerError], attempts: list[Any]
+    profile: Profile,
+    mode: str,
+    gate: GateReport,
+    layers: list[LayerError],
+    attempts: list[Any],
+    fmt: ModelFormat,
 ) -> AccuracyError:
-    # Fused TFLite tensor names list every op of the fusion after ';': the first names the layer.
+    from edgepack.layer_names import TOOL_LABELS, display_name
+
+    tool = TOOL_LABELS.get(fmt, fmt.value)
+    # The source's name first (conv1), then the converter's, shortened: it is what a backend would exclude.
     culprits = ", ".join(
-        f"{e.name.split(';')[0]} ({e.op_type}, SQNR {e.sqnr_db:.1f} dB)" for e in layers[:NAMED_CULPRITS]
+        f"{display_name(e.name, e.source, tool)} [{e.op_type}, SQNR {e.sqnr_db:.1f} dB]"
+        for e in layers[:NAMED_CULPRITS]
     )
     tried = max(len(a.excluded) for a in attempts)
     cap = profile.quantize.max_float_layers
@@ -322,6 +351,7 @@ def _section(
 ) -> dict[str, Any]:
     """The manifest's ``"quantization"`` section, less ``latency`` and ``warnings``."""
     meta = final.artifact.meta
+    sources = {e.name: e.source for e in layers}
     float_bytes, quant_bytes = float_artifact.size_bytes(), final.artifact.size_bytes()
     settings = {
         **options.excluding(()).to_dict(),
@@ -346,7 +376,8 @@ def _section(
         "layers": [e.to_dict() for e in layers[:TOP_LAYERS]],
         "repaired": {
             "float_layers": list(final.excluded),
-            "attempts": [a.to_dict() for a in attempts],
+            "float_layers_source": [sources.get(name) for name in final.excluded],
+            "attempts": [{**a.to_dict(), "excluded_source": [sources.get(n) for n in a.excluded]} for a in attempts],
         },
     }
 

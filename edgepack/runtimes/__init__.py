@@ -31,6 +31,7 @@ BACKENDS: dict[ModelFormat, str] = {
     ModelFormat.TFLITE: "edgepack.runtimes.litert",
     ModelFormat.ONNX: "edgepack.runtimes.onnxruntime",
     ModelFormat.OPENVINO: "edgepack.runtimes.openvino",
+    ModelFormat.TORCH: "edgepack.runtimes.pytorch",
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 from edgepack.context import RunContext
 from edgepack.plans import TargetPlan, TargetResult
@@ -41,7 +42,17 @@ from edgepack.stages.bundle import (
 from edgepack.stages.checks import OperatorPrecheckStage, QuantizeStage, StaticCheckStage, ValidateStage
 from edgepack.stages.convert import ConvertStage
 
-__all__ = ["ARTIFACT_STAGES", "BUNDLE_STAGES", "CellState", "Stage", "StageResult", "run_target"]
+__all__ = [
+    "ARTIFACT_STAGES",
+    "BUNDLE_STAGES",
+    "CellState",
+    "Stage",
+    "StageResult",
+    "device_check",
+    "finish_target",
+    "prepare_target",
+    "run_target",
+]
 
 ARTIFACT_STAGES: tuple[Stage, ...] = (
     OperatorPrecheckStage(),
@@ -51,7 +62,10 @@ ARTIFACT_STAGES: tuple[Stage, ...] = (
     ValidateStage(),
     StaticCheckStage(),
 )
-BUNDLE_STAGES: tuple[Stage, ...] = (StageFilesStage(), DeviceCheckStage(), SealStage(), ReportStage())
+FILE_STAGES: tuple[Stage, ...] = (StageFilesStage(),)  # into the cell's private folder
+CHECK_STAGE = DeviceCheckStage()  # may run on a worker thread while the next target converts
+SEAL_STAGES: tuple[Stage, ...] = (SealStage(), ReportStage())  # inside the atomic staging folder
+BUNDLE_STAGES: tuple[Stage, ...] = (*FILE_STAGES, CHECK_STAGE, *SEAL_STAGES)
 
 
 def _advance(ctx: RunContext, state: CellState, stages: tuple[Stage, ...]) -> CellState:
@@ -61,13 +75,30 @@ def _advance(ctx: RunContext, state: CellState, stages: tuple[Stage, ...]) -> Ce
     return state
 
 
-def run_target(ctx: RunContext, target: TargetPlan) -> TargetResult:
-    """Run every stage of one target; write its bundle folder and archive atomically, or nothing."""
+def prepare_target(ctx: RunContext, target: TargetPlan) -> CellState:
+    """The artifact stages, then the bundle's files in a folder of the cell's own (not yet in ``OUT``)."""
+    state = _advance(ctx, CellState(target=target, artifact=ctx.source, pre=ctx.source), ARTIFACT_STAGES)
+    folder = ctx.target_workdir(target.name) / "bundle"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return _advance(ctx, dataclasses.replace(state, staging=folder), FILE_STAGES)
+
+
+def device_check(ctx: RunContext, state: CellState) -> StageResult:
+    """The device-check stage's result for a prepared cell (thread-safe: it reads the cell's folder only)."""
+    return CHECK_STAGE.run(ctx, state) if CHECK_STAGE.applies(ctx, state) else StageResult()
+
+
+def finish_target(ctx: RunContext, state: CellState, check: StageResult) -> TargetResult:
+    """Seal and report the checked bundle in ``OUT/<target>`` and write its archive, atomically, or nothing."""
     from edgepack.archive import write_deterministic_tar
     from edgepack.atomic import staged_output
     from edgepack.errors import OutputExistsError
 
-    state = _advance(ctx, CellState(target=target, artifact=ctx.source, pre=ctx.source), ARTIFACT_STAGES)
+    target, files = state.target, state.staging
+    assert files is not None
+    state = check.apply(state)
     out_dir = target.out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     archive = out_dir.parent / f"{target.name}.tar.gz"
@@ -76,12 +107,24 @@ def run_target(ctx: RunContext, target: TargetPlan) -> TargetResult:
     tmp_archive = out_dir.parent / f".{archive.name}.tmp-{os.getpid()}"
     try:
         with staged_output(out_dir, force=ctx.options.force) as staging:
-            state = _advance(ctx, dataclasses.replace(state, staging=staging), BUNDLE_STAGES)
+            shutil.copytree(files, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            state = _advance(ctx, dataclasses.replace(state, staging=staging), SEAL_STAGES)
             write_deterministic_tar(staging, tmp_archive, arcname_root=target.name, exclude=(REPORT_DIR,))
         os.replace(tmp_archive, archive)  # right after the folder: both are complete at every instant
     finally:
         tmp_archive.unlink(missing_ok=True)
+        shutil.rmtree(files, ignore_errors=True)
     return TargetResult(target.name, out_dir, archive, state.section("sealed"), measurements=state.measurements)
+
+
+def run_target(ctx: RunContext, target: TargetPlan) -> TargetResult:
+    """Run every stage of one target, one after another; write its bundle folder and archive atomically, or nothing.
+
+    :func:`edgepack.pipeline.run_plan` runs the same three parts, :func:`prepare_target`,
+    :func:`device_check` and :func:`finish_target`, with device checks of several targets at once.
+    """
+    state = prepare_target(ctx, target)
+    return finish_target(ctx, state, device_check(ctx, state))
 
 
 def stage_names(target: TargetPlan) -> list[str]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgepack.artifact import Artifact
+from edgepack.artifact import Artifact, ModelFormat
 from edgepack.context import RunContext
 from edgepack.profiles import EmulationMode, Runtime, Step
 from edgepack.shapes import trtexec_flags
@@ -26,6 +26,11 @@ def manifest_of(ctx: RunContext, state: CellState) -> dict[str, Any]:
 
     profile = state.target.profile
     manifest = base_manifest(profile=profile, source=ctx.original, artifact=state.artifact)
+    if ctx.original.format is ModelFormat.TORCH:  # NCHW known from PyTorch, not guessed from the shape
+        from edgepack.torchio import input_layouts
+
+        for entry, layout in zip(manifest["inputs"], input_layouts(ctx.original, state.artifact), strict=False):
+            entry["layout"] = layout
     manifest["steps"] = list(state.steps)
     manifest["validation"] = state.section("validation")
     manifest["quantization"] = state.section("quantization")

@@ -19,18 +19,23 @@ from edgepack.stages.base import CellState, StageResult
 
 Made = tuple[Artifact, dict[str, Any]]
 _KEEPS_RANGES = (ModelFormat.ONNX, ModelFormat.OPENVINO)  # formats whose files can keep a dim dynamic
+_RANGED_SOURCES = (ModelFormat.ONNX, ModelFormat.TORCH)  # sources whose ranges the conversion keeps
+
+
+_RECORDED = ("tool", "tool_version", "opset", "precision", "note", "exporter", "export_attempts", "export_check")
 
 
 def _tool(artifact: Artifact) -> dict[str, Any]:
-    return {k: v for k, v in artifact.meta.items() if k in ("tool", "tool_version", "opset", "precision", "note")}
+    return {k: v for k, v in artifact.meta.items() if k in _RECORDED}
 
 
 def dynamic_ranges(ctx: RunContext, target: TargetPlan) -> tuple[InputShape, ...]:
-    """The input ranges that stay dynamic for this target: an ONNX source's, where the target's runtime runs them.
+    """The input ranges that stay dynamic for this target: an ONNX or PyTorch source's, where the target's runtime
+    runs them.
 
     Other sources (Keras, SavedModel, TFLite) are converted at the ranges' opt shapes.
     """
-    if ctx.source.format is not ModelFormat.ONNX or not runs_dynamic(target.profile.runtime):
+    if ctx.source.format not in _RANGED_SOURCES or not runs_dynamic(target.profile.runtime):
         return ()
     return ranges_from_meta(ctx.source.meta)
 
@@ -52,12 +57,30 @@ def hop(ctx: RunContext, src: Artifact, dst: ModelFormat, target: TargetPlan) ->
         shape_ranges=dynamic_ranges(ctx, target) if dst in _KEEPS_RANGES else (),
     )
 
+    if src.format is ModelFormat.TORCH:
+        return _export_torch(ctx, src, opts, target)
+
     def make(folder: Path) -> Made:
         ctx.progress(f"converting {src.format.value} -> {dst.value}")
         out = convert_once(src, dst, folder, opts)
         return out, {"name": "convert", "from": src.format.value, "to": dst.value, **_tool(out)}
 
     return ctx.intermediates.get(("convert", src.sha256, dst, opts), make)
+
+
+def _export_torch(ctx: RunContext, src: Artifact, opts: Any, target: TargetPlan) -> Made:
+    """PyTorch -> ONNX checked against PyTorch on the validation inputs, within the target's tolerances."""
+    accuracy = target.profile.accuracy
+    tolerance = (accuracy.max_abs_error, accuracy.min_cosine, accuracy.min_top1_agreement)
+
+    def make(folder: Path) -> Made:
+        from edgepack.convert.torch_onnx import export_checked
+
+        ctx.progress("exporting torch -> onnx (checked against PyTorch)")
+        out = export_checked(src, folder, opts, samples=ctx.samples, tolerance=accuracy, seed=ctx.options.seed)
+        return out, {"name": "convert", "from": src.format.value, "to": "onnx", **_tool(out)}
+
+    return ctx.intermediates.get(("convert", src.sha256, ModelFormat.ONNX, opts, tolerance), make)
 
 
 def prepare_onnx(ctx: RunContext, onnx: Artifact, target: TargetPlan) -> list[Made]:

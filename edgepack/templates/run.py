@@ -4,13 +4,25 @@
     python run.py --input x.npy --output y.npz             # run once
     python run.py --runs 50 --warmup 5 --report stats.json # time it (random input)
     python run.py --input xs.npz --count 1 --runs 0        # check samples, count one inference
+    python run.py --pubkey /etc/edgepack/key.pub ...       # also require the bundle's Ed25519 signature
+
+Before anything but the standard library is imported, every file of the bundle is checked against
+manifest.json's sha256 list and the manifest against its seal (edgepack_verify.py, beside this file);
+with ``--pubkey PATH`` or ``$EDGEPACK_PUBKEY`` the manifest's signature must verify with that key
+(that needs the ``cryptography`` package). A refusal is one line on stderr, and nothing runs.
+``--skip-verify`` runs without the checks, and stderr and the report say so.
+
+Exit codes: 0 ran; 1 failed to run (runtime missing, bad input); 2 bad arguments;
+6 a key was given but ``cryptography`` is not installed; 11 a file or the manifest does not match
+(tampered, corrupt, or a file of code not in the manifest); 14 unsigned, wrongly signed, or the key
+is unreadable.
 
 Reads manifest.json beside it for the model file, the runtime and the inputs.
 ``--input`` takes an .npy (one input), an .npz keyed by input name, or an .npz of
 several samples keyed ``"<i>:<input name>"`` (each is run; outputs are keyed the
 same way); without it a seeded random input of the manifest's shapes is used.
 ``--output`` writes an .npz keyed by output name. ``--report`` writes latencies
-(ms), the versions and what the runtime executed (``delegation``).
+(ms), the versions, what the runtime executed (``delegation``) and what was verified.
 
 ``--runs N`` times N inferences one by one (clock reads between them). ``--count N``
 runs N inferences as one block with nothing but the runtime's invoke call inside:
@@ -19,18 +31,92 @@ counted region, marked with the no-op syscalls 0x4ED0/0x4ED1 after an empty regi
 that measures the markers' own cost.
 """
 
-import argparse
-import json
-import os
-import platform
+import os  # os and sys are loaded at start-up: the only imports made before the guard below
 import sys
-import time
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.curdir) == HERE:
+    del sys.path[0]  # a file planted beside this script (json.py, numpy.py) must never be imported
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
 ROI_BEGIN, ROI_END = 0x4ED0, 0x4ED1  # markers for an instruction-counting qemu plugin
 RAW = "--raw" in sys.argv  # keep integer outputs of an int8-I/O model as they are
+VERIFIER = "edgepack_verify.py"
+EXIT_INTEGRITY = 11
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input")
+    p.add_argument("--output")
+    p.add_argument("--runs", type=int, default=1, help="inferences timed one by one")
+    p.add_argument("--count", type=int, default=0, help="inferences run (and counted) as one block")
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", help="OpenVINO inference precision hint, e.g. f32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report")
+    p.add_argument("--raw", action="store_true", help="keep integer outputs of int8-I/O models undequantized")
+    p.add_argument("--pubkey", help="Ed25519 public key (PEM) the bundle must be signed with [$EDGEPACK_PUBKEY]")
+    p.add_argument("--skip-verify", action="store_true", help="run without checking the bundle (said in the output)")
+    return p
+
+
+def verify(argv):
+    """Check the bundle before it is loaded; returns (what was verified, the manifest or None). Exits on refusal."""
+    args, _ = parser().parse_known_args(argv)
+    if args.skip_verify:
+        print("run.py: --skip-verify: the bundle was NOT verified", file=sys.stderr)
+        return {"verified": "skipped"}, None
+    sys.dont_write_bytecode = True  # a __pycache__ written into the bundle would be a file it does not list
+    path = os.path.join(HERE, VERIFIER)
+    if not os.path.isfile(path):
+        return _no_verifier(args), None
+    import importlib.machinery
+    import types
+
+    loader = importlib.machinery.SourceFileLoader("edgepack_verify", path)
+    module = types.ModuleType(loader.name)
+    loader.exec_module(module)
+    try:
+        facts, manifest = module.verify_bundle(HERE, module.pubkey_from(args.pubkey))
+    except module.Refused as exc:
+        _refuse(exc.code, str(exc))
+    if facts["verified"] == "unsealed":
+        print("run.py: manifest.json is not sealed (not an edgepack bundle): nothing was verified", file=sys.stderr)
+    return facts, manifest
+
+
+def _no_verifier(args):
+    """A bare run.py beside a hand-written manifest runs unverified; a sealed or signed bundle without it does not."""
+    try:
+        with open(os.path.join(HERE, "manifest.json")) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        manifest = {}
+    sealed = "manifest_sha256" in manifest or "files" in manifest or os.path.exists(HERE + "/manifest.json.sig")
+    if sealed or args.pubkey or os.environ.get("EDGEPACK_PUBKEY"):
+        _refuse(EXIT_INTEGRITY, f"{VERIFIER} is missing from the bundle")
+    print("run.py: manifest.json is not sealed (not an edgepack bundle): nothing was verified", file=sys.stderr)
+    return {"verified": "unsealed"}
+
+
+def _refuse(code, reason):
+    print(
+        f"run.py: refused to run: {reason}; nothing was run. Fetch a fresh copy of the bundle "
+        "(or check the key); --skip-verify overrides.",
+        file=sys.stderr,
+    )
+    sys.exit(code)
+
+
+VERIFIED = verify(sys.argv[1:]) if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402 - imported only once the bundle is verified: a planted numpy.py would run
 
 
 class Model:
@@ -402,34 +488,36 @@ def counted(invoke, count, warmup):
         gc.enable()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input")
-    parser.add_argument("--output")
-    parser.add_argument("--runs", type=int, default=1, help="inferences timed one by one")
-    parser.add_argument("--count", type=int, default=0, help="inferences run (and counted) as one block")
-    parser.add_argument("--warmup", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precision", help="OpenVINO inference precision hint, e.g. f32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--report")
-    parser.add_argument("--raw", action="store_true", help="keep integer outputs of int8-I/O models undequantized")
-    args = parser.parse_args(argv)
+def progress(done, total):
+    """``edgepack-progress DONE/TOTAL`` on stderr (with EDGEPACK_PROGRESS=1): the host shows how far it is."""
+    if os.environ.get("EDGEPACK_PROGRESS") == "1":
+        print(f"edgepack-progress {done}/{total}", file=sys.stderr, flush=True)
 
-    with open(os.path.join(HERE, "manifest.json")) as fh:
-        manifest = json.load(fh)
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    verified, manifest = VERIFIED if argv is None and VERIFIED is not None else verify(argv)
+    if manifest is None:
+        with open(os.path.join(HERE, "manifest.json")) as fh:
+            manifest = json.load(fh)
     model = load(manifest, args.threads, args.precision)
     samples = read_inputs(args.input, manifest["inputs"], args.seed)
-    results = [model(feeds) for feeds in samples]  # every sample's outputs; they warm the runtime up too
+    total = len(samples) + args.warmup + (args.count if args.count > 0 else args.runs)
+    results = []
+    for feeds in samples:  # every sample's outputs; they warm the runtime up too
+        results.append(model(feeds))
+        progress(len(results), total)
     model.set_inputs(samples[0])
     block_s = counted(model.invoke, args.count, args.warmup) if args.count > 0 else None
     for _ in range(args.warmup if block_s is None else 0):
         model.invoke()
+    progress(len(samples) + args.warmup + max(args.count, 0), total)
     times = []
     for _ in range(args.runs):
         start = time.perf_counter()
         model.invoke()
         times.append((time.perf_counter() - start) * 1e3)
+        progress(len(samples) + args.warmup + max(args.count, 0) + len(times), total)
     if args.output:
         names = [o["name"] for o in manifest["outputs"]]
         many = args.input is not None and _is_multi(args.input)
@@ -454,6 +542,7 @@ def main(argv=None):
             "latency_ms": times,
             "count_ms": None if block_s is None else block_s * 1e3 / args.count,
             "delegation": model.delegation(),
+            "verification": verified,
         }
         with open(args.report, "w") as fh:
             json.dump(report, fh, indent=2, default=str)

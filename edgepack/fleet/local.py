@@ -1,0 +1,159 @@
+"""The local backend: cells on a pool of spawned worker processes, one cell per worker at a time.
+
+Workers are started with ``spawn`` (never ``fork``: a forked TensorFlow or OpenVINO is unsafe), so no
+two cells ever share a framework process at the same time; a worker keeps its imports warm for its
+next cell. Each worker commits its finished cell into the cache itself; the driver publishes it.
+A worker that dies (killed, out of memory) breaks the pool: its cells are retried once on a new pool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgepack.fleet.cache import Cache
+from edgepack.fleet.cells import package_cell, setup_worker
+from edgepack.fleet.jobs import CellSpec
+from edgepack.fleet.records import FAILED, CellRecord
+
+GIB = 1 << 30
+Todo = Sequence[tuple[CellSpec, str]]
+OnStart = Callable[[CellSpec], None]
+OnDone = Callable[[CellRecord], None]
+
+
+def cell_memory(spec: CellSpec) -> int:
+    """A cell's peak memory, estimated: TensorFlow routes need about 2 GiB, ONNX-only ones 1 GiB, plus the model."""
+    from edgepack.artifact import ModelFormat
+    from edgepack.errors import EdgepackError
+    from edgepack.source import detect_format
+
+    tf_formats = {ModelFormat.KERAS, ModelFormat.H5, ModelFormat.SAVEDMODEL, ModelFormat.TFLITE}
+    try:
+        uses_tf = spec.profile.format in tf_formats or detect_format(spec.model_path) in tf_formats
+    except EdgepackError:  # an unreadable model fails in its own cell, not here
+        uses_tf = True
+    size = sum(p.stat().st_size for p in spec.model_path.rglob("*") if p.is_file()) if spec.model_path.is_dir() else 0
+    size = size or spec.model_path.stat().st_size
+    return (2 if uses_tf else 1) * GIB + 4 * size
+
+
+def available_memory() -> int:
+    """Memory available for new processes (``MemAvailable``), or the physical memory where that is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(cells: Sequence[CellSpec]) -> int:
+    """One worker per core, fewer when the largest cell times the workers would not fit in available memory."""
+    if not cells:
+        return 1
+    per_cell = max(cell_memory(c) for c in cells)
+    return max(1, min(cores(), available_memory() // per_cell, len(cells)))
+
+
+def run_local(todo: Todo, cache: Cache, *, workers: int, on_start: OnStart, on_done: OnDone) -> None:
+    """Run every cell of ``todo`` on ``workers`` processes; ``on_done`` gets each record as it finishes."""
+    lost = _run_pool(list(todo), cache, workers, on_start, on_done)
+    if lost:  # a worker died: its cells get one more try on a fresh pool
+        lost = _run_pool(lost, cache, workers, on_start, on_done)
+    for spec, key in lost:
+        on_done(died(spec, key, "the worker process died twice (killed or out of memory)", "Use fewer --workers."))
+
+
+def died(spec: CellSpec, key: str, what: str, hint: str) -> CellRecord:
+    """The record of a cell that failed outside ``package`` (its worker, its task), as an internal error."""
+    from edgepack.errors import InternalError
+
+    return CellRecord(
+        spec.model,
+        spec.target_name,
+        FAILED,
+        key,
+        error=f"{spec.target_name}: {what}. {hint}",
+        error_kind=InternalError.kind,
+        exit_code=InternalError.exit_code,
+    )
+
+
+def _run_pool(todo: list[tuple[CellSpec, str]], cache: Cache, workers: int, on_start: OnStart, on_done: OnDone):
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    logs = cache.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    queue, lost = deque(todo), []
+    running: dict[Future[CellRecord], tuple[CellSpec, str]] = {}
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(logs,)
+    )
+    try:
+        while queue or running:
+            while queue and len(running) < workers:  # only as many in flight as workers: submitted = running
+                spec, key = queue.popleft()
+                running[pool.submit(_work, spec, key, cache.root)] = (spec, key)
+                on_start(spec)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec, key = running.pop(future)
+                try:
+                    record = future.result()
+                except BrokenProcessPool:
+                    lost.append((spec, key))
+                    continue
+                except Exception as exc:  # noqa: BLE001 - e.g. the cache folder became unwritable: this cell only
+                    record = died(spec, key, f"the worker could not store the cell ({exc!r})", "Check --cache.")
+                on_done(record)
+            if lost:  # the pool is unusable: hand back everything not finished
+                lost.extend(running.values())
+                lost.extend(queue)
+                return lost
+    except BaseException:
+        _terminate(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return lost
+
+
+def _terminate(pool: object) -> None:
+    """Stop running workers now (Python 3.11 has no public way; ``shutdown`` would let them finish their cells)."""
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.terminate()
+
+
+def _init(logs: Path) -> None:
+    """Worker start: quiet environment; the frameworks' C++ log lines go to a log file, not the user's terminal.
+
+    Each worker leads its own session, as a Ray worker does: where the kernel shares CPU between sessions
+    (``sched_autogroup``, the default on desktop and many server kernels), workers in the driver's session
+    would share one session's slice between them and run no faster than one. A terminal's Ctrl-C then
+    reaches the driver only, which stops its workers itself.
+    """
+    os.setsid()
+    setup_worker()
+    log = os.open(logs / f"worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
+def _work(spec: CellSpec, key: str, cache_root: Path) -> CellRecord:
+    cache = Cache(cache_root)
+    staging = cache.staging(key)
+    record = package_cell(spec, key, staging)
+    cache.commit(staging, record)
+    return record
