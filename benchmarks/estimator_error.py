@@ -72,6 +72,7 @@ class Case:
 
     @property
     def in_sample(self) -> bool:
+        """A calibration row (MobileNetV2), shown for comparison."""
         return self.count is not None
 
 

@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=args, prog_name="edgepack")  # Typer/click print usage errors themselves (exit 2)
     except SystemExit as exc:
+        if _SIGNALLED:  # Typer turns an interrupt into exit 130 itself: report it as ours (143 for SIGTERM)
+            _exit_interrupted(_SIGNALLED[0] != signal.SIGINT)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except EdgepackError as exc:
         if _SIGNALLED:

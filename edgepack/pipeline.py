@@ -137,7 +137,7 @@ def _run_overlapped(ctx: Any, targets: list[TargetPlan], workers: int, debug: bo
     Everything but the device checks stays on this thread (frameworks, the atomic output, signals).
     An interruption stops the running emulators before it propagates.
     """
-    from edgepack.emulator.process import stop_all
+    from edgepack.emulator.process import allow, stop_all
     from edgepack.stages import device_check, prepare_target
 
     results: dict[str, TargetResult] = {}
@@ -149,6 +149,7 @@ def _run_overlapped(ctx: Any, targets: list[TargetPlan], workers: int, debug: bo
                 del pending[name]
                 results[name] = _run_cell(state.target, functools.partial(_finish, ctx, state, future), debug)
 
+    allow()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgepack-device-check")
     try:
         for target in targets:

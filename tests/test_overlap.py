@@ -57,6 +57,10 @@ def test_a_run_past_its_limit_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(DeviceCheckError, match="over 1 s"):
         process.run([sys.executable, "-c", "import time; time.sleep(30)"], cwd=tmp_path, env={}, timeout_s=1)
     assert process.stop_all() == 0  # nothing left running
+    with pytest.raises(DeviceCheckError, match="interrupted"):  # after an interruption nothing new starts
+        process.run([sys.executable, "-c", "pass"], cwd=tmp_path, env={}, timeout_s=10)
+    process.allow()
+    assert process.run([sys.executable, "-c", "print(1)"], cwd=tmp_path, env={}, timeout_s=60)[:2] == (0, "1\n")
 
 
 def _bad_cpu_profile(folder: Path) -> Path:
@@ -92,3 +96,41 @@ def test_overlapped_checks_write_what_one_after_another_writes(tmp_path: Path) -
     summary = json.loads((tmp_path / "overlap" / "summary.json").read_text())  # the run's overview
     assert summary["counts"] == {"cells": 4, "passed": 3, "cached": 0, "failed": 1}
     assert len(summary["failures"]) == 1 and "no-such-cpu" in summary["failures"][0]
+
+
+@pytest.mark.emulation
+@pytest.mark.onnx
+def test_an_interrupt_during_overlapped_checks_stops_the_emulators_and_writes_nothing(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    import numpy as np
+
+    psutil = pytest.importorskip("psutil")
+    out, data = tmp_path / "out", tmp_path / "fresh.npz"  # inputs no stored emulated run has seen
+    np.savez(data, x=np.random.default_rng().random((40, 8, 8, 1)).astype(np.float32))
+    cmd = [sys.executable, "-m", "edgepack", "package", str(DIGITS_ONNX), "--target", ",".join(GOOD[:2])]
+    cmd += ["--out", str(out), "--device-workers", "2", "--data", str(data)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "CI": "true"})
+    emulators: list = []
+    while proc.poll() is None and not emulators:  # until an emulated check is running
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        emulators = [c for c in children if "run.py" in " ".join(_cmdline(c))]
+    assert emulators, "the run ended before any emulated check started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err[-800:])
+    assert b"interrupted; no partial bundle" in err and b"Traceback" not in err
+    gone, alive = psutil.wait_procs(emulators, timeout=30)
+    assert not alive, [p.pid for p in alive]  # no emulator left running after the run stopped
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")], list(out.iterdir())
+
+
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except Exception:  # noqa: BLE001 - a process that just ended
+        return []

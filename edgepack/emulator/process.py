@@ -22,6 +22,7 @@ from edgepack.errors import DeviceCheckError
 PROGRESS_PREFIX = "edgepack-progress "
 _LIVE: set[subprocess.Popen[str]] = set()
 _LIVE_LOCK = threading.Lock()
+_STOPPED = threading.Event()  # set by stop_all(): no new process starts until allow()
 
 
 def run(
@@ -43,17 +44,19 @@ def run(
         DeviceCheckError: it ran longer than ``timeout_s`` (it is killed first).
     """
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=preexec_fn,  # noqa: PLW1509 - only personality(2), no locks taken
-    )
-    with _LIVE_LOCK:
+    with _LIVE_LOCK:  # started and registered at once: stop_all() sees every process or refuses it
+        if _STOPPED.is_set():
+            raise DeviceCheckError("the run was interrupted before this emulated run started.")
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only personality(2), no locks taken
+        )
         _LIVE.add(proc)
     out: list[str] = []
     err: list[str] = []
@@ -121,9 +124,18 @@ def no_aslr() -> None:
         libc.personality(current | ADDR_NO_RANDOMIZE)
 
 
+def allow() -> None:
+    """Let processes start again (a new run, after an interrupted one called :func:`stop_all`)."""
+    _STOPPED.clear()
+
+
 def stop_all() -> int:
-    """Kill every emulator process still running (a run was interrupted); returns how many there were."""
+    """Kill every emulator process still running and refuse new ones (a run was interrupted).
+
+    Returns how many were running.
+    """
     with _LIVE_LOCK:
+        _STOPPED.set()
         live = list(_LIVE)
     for proc in live:
         if proc.poll() is None:
