@@ -122,9 +122,15 @@ def compare(reference: list[np.ndarray], device: dict[str, np.ndarray], names: l
             failures.append(f"{name}: device output {None if got is None else got.shape} vs host {ref.shape}")
             continue
         err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
-        rows.append({"output": name, "max_abs_error": err})
-        if not err <= profile.accuracy.max_abs_error:
-            failures.append(f"{name}: max abs error {err:.3g} > {profile.accuracy.max_abs_error:g}")
+        # Rounding differences between two runtimes' float kernels grow with the values: the tolerance is
+        # absolute for outputs within [-1, 1] and relative to the output's largest magnitude beyond (a
+        # detector's pixel coordinates, logits in the hundreds).
+        scale = max(1.0, float(np.max(np.abs(ref.astype(np.float64))))) if ref.size else 1.0
+        allowed = profile.accuracy.max_abs_error * scale
+        rows.append({"output": name, "max_abs_error": err} | ({"scale": scale} if scale > 1.0 else {}))
+        if not err <= allowed:  # NaN fails too
+            why = f" ({profile.accuracy.max_abs_error:g} x the output's magnitude {scale:.3g})" if scale > 1 else ""
+            failures.append(f"{name}: max abs error {err:.3g} > {allowed:.3g}{why}")
     return {"outputs": rows, "agree": not failures, "failures": failures}
 
 

@@ -134,3 +134,24 @@ def _cmdline(proc) -> list[str]:
         return proc.cmdline()
     except Exception:  # noqa: BLE001 - a process that just ended
         return []
+
+
+def test_device_agreement_scales_with_the_outputs_magnitude() -> None:
+    """Two runtimes' float rounding grows with the values: 1e-2 on pixel coordinates near 640 is agreement."""
+    import numpy as np
+
+    from edgepack.devicecheck import compare
+    from edgepack.profiles import load_profile
+
+    profile = load_profile("rpi-armv7")
+    tol = profile.accuracy.max_abs_error
+    boxes = np.array([[640.0, 320.5, 12.0]], dtype=np.float32)
+    near = compare([boxes], {"y": boxes + np.float32(tol * 10)}, ["y"], profile)
+    assert near["agree"] and near["outputs"][0]["scale"] == 640.0
+    far = compare([boxes], {"y": boxes + np.float32(tol * 1000)}, ["y"], profile)
+    assert not far["agree"] and "output's magnitude 640" in far["failures"][0]
+    probs = np.array([[0.2, 0.8]], dtype=np.float32)  # within [-1, 1]: absolute, as before
+    assert not compare([probs], {"y": probs + np.float32(tol * 2)}, ["y"], profile)["agree"]
+    assert compare([probs], {"y": probs + np.float32(tol / 2)}, ["y"], profile)["agree"]
+    nan = compare([probs], {"y": np.full_like(probs, np.nan)}, ["y"], profile)
+    assert not nan["agree"]
