@@ -101,7 +101,7 @@ def main() -> int:
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--json", type=Path, help="Write the figures here.")
     args = parser.parse_args()
-    from edgepack.fleet.local import cores
+    from edgepack.memory import usable_cores as cores
 
     figures: dict = {"cores": cores(), "models": args.models, "targets": args.targets.split(",")}
     figures["load_average_before"] = os.getloadavg()  # other work on the machine skews every ratio

@@ -73,17 +73,21 @@ def _samples(
 EMULATED_MACS = 3e9  # emulated work for the samples' outputs, when [emulation] samples is not set
 
 
-def emulated_samples(profile: Profile, bundle: Path, manifest: dict[str, Any], total: int) -> int:
+def emulated_samples(profile: Profile, cost: Any, total: int) -> int:
     """How many validation samples run under emulation: ``[emulation] samples``, else as many as fit
     in :data:`EMULATED_MACS` multiply-accumulates (at least one): every sample of a small model, one
-    of a 640x640 detector (each costs minutes under QEMU)."""
+    of a 640x640 detector (each costs minutes under QEMU). ``cost`` None (uncountable): every sample."""
     if profile.emulation.samples:
         return min(total, int(profile.emulation.samples))
-    try:
-        macs = _cost(bundle, manifest).macs
-    except Exception:  # noqa: BLE001 - an uncountable model is checked on every sample
-        return total
+    macs = getattr(cost, "macs", None)
     return total if not macs else max(1, min(total, int(EMULATED_MACS // macs)))
+
+
+def _cost_or_none(bundle: Path, manifest: dict[str, Any]) -> Any:
+    try:
+        return _cost(bundle, manifest)
+    except Exception:  # noqa: BLE001 - an uncountable model is checked on every sample
+        return None
 
 
 def manifest_specs(manifest: dict[str, Any]) -> tuple[Any, ...]:
@@ -170,8 +174,10 @@ def check_bundle(
     manifest = json.loads((bundle / "manifest.json").read_text())
     feeds = _samples(manifest, samples, seed)
     total = len(feeds)
+    cost = None  # the bundle's MACs and bytes: read once, for the sample cap and the latency figures
     if (runner or profile.emulation.mode) not in TIMED_RUNNERS:
-        feeds = feeds[: emulated_samples(profile, bundle, manifest, total)]
+        cost = _cost_or_none(bundle, manifest)
+        feeds = feeds[: emulated_samples(profile, cost, total)]
     names = [i["name"] for i in manifest["inputs"]]
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as tmp:
         io = Path(tmp)
@@ -200,7 +206,7 @@ def check_bundle(
             + "; ".join(agreement["failures"][:5]),
             hint="The device runtime computes differently; compare runtime versions in the report.",
         )
-    check = _result(profile, backend, result, stats, agreement, bundle, manifest)
+    check = _result(profile, backend, result, stats, agreement, bundle, manifest, cost)
     check.measurements["shared_run"] = shared
     require_execution(profile, check.facts.get("delegation"))
     return check
@@ -349,7 +355,7 @@ def compare_samples(
 
 
 def _result(
-    profile: Profile, backend: Any, result: Any, stats: dict, agreement: dict, bundle: Path, manifest: dict
+    profile: Profile, backend: Any, result: Any, stats: dict, agreement: dict, bundle: Path, manifest: dict, cost: Any
 ) -> CheckResult:
     emulated = backend.name == "qemu-user"
     facts = {
@@ -379,18 +385,20 @@ def _result(
     measurements["instructions_per_inference"] = result.instructions
     estimate = None
     if emulated:
-        measurements["figures"], estimate = _figures(profile, bundle, manifest, stats, result)
+        measurements["figures"], estimate = _figures(profile, bundle, manifest, stats, result, cost)
     return CheckResult(facts, measurements, estimate)
 
 
-def _figures(profile: Profile, bundle: Path, manifest: dict, stats: dict, result: Any) -> tuple[dict, Any]:
+def _figures(
+    profile: Profile, bundle: Path, manifest: dict, stats: dict, result: Any, cost: Any
+) -> tuple[dict, Any]:
     """Emulated time, instruction count, device estimate and roofline bound (edgepack.estimate)."""
     from edgepack.estimate import latency_figures
 
     return latency_figures(
         times_ms=_times(stats),
         instructions=None if profile.delegate == "gpu" else result.instructions,
-        cost=_cost(bundle, manifest),
+        cost=cost if cost is not None else _cost(bundle, manifest),  # read once by check_bundle when it could
         device=profile.device,
         precision=manifest["model"].get("precision", profile.precision.value),
         threads=profile.latency.threads,

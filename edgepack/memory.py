@@ -51,6 +51,11 @@ def _cgroup_headroom() -> int | None:
         return None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def model_bytes(path: Path) -> int:
     """Size of a model file, or of every file in a SavedModel folder."""
     if path.is_dir():

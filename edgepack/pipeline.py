@@ -19,7 +19,6 @@ a failed one fails exactly the targets that need it.
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,7 +81,7 @@ def run_plan(plan: Plan, options: Options, *, progress: Progress | None = None) 
         with tempfile.TemporaryDirectory(prefix="edgepack-") as tmp:
             ctx = build_context(plan, options, Path(tmp), say)
             checks = sum(1 for t in todo if _has_device_check(t, options))
-            workers = device_workers(options.device_workers, checks, model_bytes=_size(ctx.source.path))
+            workers = device_workers(options.device_workers, checks, model_bytes=_model_bytes(ctx.source.path))
             if workers <= 1:
                 for target in todo:
                     results[target.name] = _run_cell(target, functools.partial(run_target, ctx, target), options.debug)
@@ -98,37 +97,30 @@ def device_workers(requested: int | None, checks: int, *, model_bytes: int = 0) 
     Each emulated check holds a guest runtime and the model (taken as 1.5 GiB plus 8x the model
     file) while the host converts the next target (taken as 4 GiB); never more than ``checks``.
     """
+    from edgepack.memory import available_memory, usable_cores
+
     if requested is not None:
         return max(1, min(requested, checks))
     per_check = 1.5 * 2**30 + 8 * model_bytes
-    by_memory = int(max(0.0, _available_bytes() - 4 * 2**30) // per_check)
-    return max(1, min(os.cpu_count() or 1, by_memory, checks))
+    available = available_memory() or 0  # unknown: one check at a time
+    by_memory = int(max(0.0, available - 4 * 2**30) // per_check)
+    return max(1, min(usable_cores(), by_memory, checks))
 
 
-def _available_bytes() -> float:
+def _model_bytes(path: Path) -> int:
+    from edgepack.memory import model_bytes
+
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0.0  # unknown: one check at a time
-
-
-def _size(path: Any) -> int:
-    try:
-        folder = Path(path)
-        return sum(f.stat().st_size for f in folder.rglob("*")) if folder.is_dir() else folder.stat().st_size
+        return model_bytes(Path(path))
     except OSError:
         return 0
 
 
 def _has_device_check(target: TargetPlan, options: Options) -> bool:
-    from edgepack.profiles import Step
+    from edgepack.profiles import EmulationMode, Step
 
-    mode = target.profile.emulation.mode
-    return options.device_check and target.has(Step.DEVICE_CHECK) and str(getattr(mode, "value", mode)) != "none"
+    emulated = target.profile.emulation.mode is not EmulationMode.NONE
+    return options.device_check and target.has(Step.DEVICE_CHECK) and emulated
 
 
 def _run_overlapped(ctx: Any, targets: list[TargetPlan], workers: int, debug: bool) -> dict[str, TargetResult]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from edgepack.artifact import Artifact, Layout, ModelFormat, TensorSpec, guess_layout
 from edgepack.errors import ModelError
+from edgepack.tools import first_line
 
 EXPORTED, TORCHSCRIPT, PICKLE, LIVE = "exported-program", "torchscript", "pickle", "live-module"
 _LIVE_KEY = "edgepack_live_module"
@@ -112,7 +113,7 @@ def load(path: str | Path, *, trust_code: bool = False) -> TorchSource:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure is an unreadable model
         raise ModelError(
-            f"PyTorch cannot load {path} ({_first_line(exc)}).", hint="Check that the file is complete."
+            f"PyTorch cannot load {path} ({first_line(exc)}).", hint="Check that the file is complete."
         ) from exc
     return _from_pickle(path, loaded, torch)
 
@@ -139,12 +140,6 @@ def _forward_names(module: Any) -> tuple[str, ...]:
     params = inspect.signature(module.forward).parameters.values()
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return tuple(p.name for p in params if p.kind in kinds)
-
-
-def _first_line(exc: BaseException) -> str:
-    from edgepack.tools import first_line
-
-    return first_line(exc)
 
 
 def save_live(module: Any, example_inputs: Sequence[Any], folder: Path) -> Path:
@@ -175,7 +170,7 @@ def save_live(module: Any, example_inputs: Sequence[Any], folder: Path) -> Path:
         torch.save(payload, str(path))
     except Exception as exc:  # noqa: BLE001 - pickling a local class, a lambda, an open file...
         raise ModelError(
-            f"the module {type(module).__name__} cannot be saved for packaging ({_first_line(exc)}).",
+            f"the module {type(module).__name__} cannot be saved for packaging ({first_line(exc)}).",
             hint="Define its class at module level (not inside a function), or export it with torch.export.save "
             "to a .pt2 and package that file.",
         ) from exc
@@ -260,7 +255,7 @@ def run(source: TorchSource, feeds: Sequence[Any]) -> list[Any]:
         with torch.no_grad():
             result = source.module(*tensors)
     except Exception as exc:  # noqa: BLE001 - the model's own error at these inputs
-        raise ModelError(f"PyTorch fails to run the model ({_first_line(exc)}).") from exc
+        raise ModelError(f"PyTorch fails to run the model ({first_line(exc)}).") from exc
     return [t.detach().cpu().numpy() for t in flatten(result, torch)]
 
 

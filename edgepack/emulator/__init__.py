@@ -83,7 +83,7 @@ class QemuRunner:
     ) -> None:
         self.profile, self.progress, self.root = profile, progress, root
         self.count_instructions = count_instructions
-        self.timeout_s = timeout_s or float(getattr(profile.emulation, "timeout_s", 1800))
+        self.timeout_s = timeout_s or profile.emulation.timeout_s
         self._env: Any = None
         self._last_progress = 0.0
 

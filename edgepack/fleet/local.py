@@ -13,10 +13,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgepack import memory
 from edgepack.fleet.cache import Cache
 from edgepack.fleet.cells import package_cell, setup_worker
 from edgepack.fleet.jobs import CellSpec
 from edgepack.fleet.records import FAILED, CellRecord
+from edgepack.memory import model_bytes
 
 GIB = 1 << 30
 Todo = Sequence[tuple[CellSpec, str]]
@@ -35,24 +37,12 @@ def cell_memory(spec: CellSpec) -> int:
         uses_tf = spec.profile.format in tf_formats or detect_format(spec.model_path) in tf_formats
     except EdgepackError:  # an unreadable model fails in its own cell, not here
         uses_tf = True
-    size = sum(p.stat().st_size for p in spec.model_path.rglob("*") if p.is_file()) if spec.model_path.is_dir() else 0
-    size = size or spec.model_path.stat().st_size
-    return (2 if uses_tf else 1) * GIB + 4 * size
+    return (2 if uses_tf else 1) * GIB + 4 * model_bytes(spec.model_path)
 
 
 def available_memory() -> int:
-    """Memory available for new processes (``MemAvailable``), or the physical memory where that is unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Memory available for new processes, or the physical memory where that is unknown."""
+    return memory.available_memory() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def default_workers(cells: Sequence[CellSpec]) -> int:
@@ -60,7 +50,7 @@ def default_workers(cells: Sequence[CellSpec]) -> int:
     if not cells:
         return 1
     per_cell = max(cell_memory(c) for c in cells)
-    return max(1, min(cores(), available_memory() // per_cell, len(cells)))
+    return max(1, min(memory.usable_cores(), available_memory() // per_cell, len(cells)))
 
 
 def run_local(todo: Todo, cache: Cache, *, workers: int, on_start: OnStart, on_done: OnDone) -> None:
