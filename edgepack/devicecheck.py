@@ -350,7 +350,13 @@ def compare_samples(
         failures += [f"sample {k}: {f}" for f in one["failures"]]
         for row in one["outputs"]:
             worst[row["output"]] = max(worst.get(row["output"], 0.0), row["max_abs_error"])
-    rows = [{"output": n, "max_abs_error": worst[n]} for n in names if n in worst]
+    # the source model's name beside the model file's (onnx2tf's Identity_2 is torch.onnx's onnx::Shape_422)
+    source = {o["name"]: o["source_name"] for o in manifest["outputs"] if o.get("source_name", o["name"]) != o["name"]}
+    rows = [
+        {"output": n, "max_abs_error": worst[n]} | ({"source_name": source[n]} if n in source else {})
+        for n in names
+        if n in worst
+    ]
     return {"outputs": rows, "samples": len(feeds), "agree": not failures, "failures": failures}
 
 

@@ -183,12 +183,23 @@ def ipc_uncertainty(device: Any) -> float:
     return float(value) if value else DEFAULT_IPC_UNCERTAINTY
 
 
+def parallel_fraction(device: Any) -> tuple[float, tuple[float, float]]:
+    """The device's Amdahl parallel fraction and band (``device.parallel_fraction[_range]``), else the generic ones."""
+    value = getattr(device, "parallel_fraction", None)
+    band = getattr(device, "parallel_fraction_range", None)
+    return (
+        float(value) if value is not None else PARALLEL_FRACTION,
+        (float(band[0]), float(band[1])) if band else PARALLEL_FRACTION_RANGE,
+    )
+
+
 def device_estimate(instructions_per_inference: int, device: Any, *, threads: int = 1) -> Estimate:
     """Estimate the device's latency from the single-thread instruction count of one inference.
 
     ``t1 = instructions / (ipc * clock)``; with more threads ``t = t1 / S(n)`` (Amdahl, ``n`` at most
     ``device.cores``). The band takes ipc in ``[ipc / u, ipc * u]`` (``u`` from :func:`ipc_uncertainty`)
-    and, for ``n > 1``, the parallel fraction in :data:`PARALLEL_FRACTION_RANGE`.
+    and, for ``n > 1``, the parallel fraction in the device's band (:func:`parallel_fraction`; by
+    default :data:`PARALLEL_FRACTION` in :data:`PARALLEL_FRACTION_RANGE`).
 
     Args:
         instructions_per_inference: Guest instructions of one inference, counted single-threaded.
@@ -211,14 +222,15 @@ def device_estimate(instructions_per_inference: int, device: Any, *, threads: in
     insns, ipc, ghz = int(instructions_per_inference), float(device.ipc), float(device.clock_ghz)
     u = ipc_uncertainty(device)
     n = min(int(threads), int(device.cores))
-    p_low, p_high = PARALLEL_FRACTION_RANGE
+    p, (p_low, p_high) = parallel_fraction(device)
     t1_ms = insns / (ipc * ghz * 1e6)
-    value = t1_ms / speedup(n)
+    value = t1_ms / speedup(n, p)
     low = t1_ms / u / (speedup(n, p_high) if n > 1 else 1.0)
     high = t1_ms * u / (speedup(n, p_low) if n > 1 else 1.0)
     formula = f"t = N / (IPC * f) = {insns:,} / ({ipc:g} * {ghz:g} GHz) = {t1_ms:.2f} ms"
     if n > 1:
-        formula += f"; / S({n}) = {speedup(n):.2f} with S(n) = 1 / ((1 - p) + p / n), p = {PARALLEL_FRACTION:g}"
+        formula += f"; / S({n}) = {speedup(n, p):.2f} with S(n) = 1 / ((1 - p) + p / n)"
+        formula += f", p = {p:g} in [{p_low:g}, {p_high:g}]"
     formula += f"; band: IPC in [IPC / {u:g}, IPC * {u:g}]"
     inputs = {
         "instructions_per_inference": insns,
@@ -226,7 +238,7 @@ def device_estimate(instructions_per_inference: int, device: Any, *, threads: in
         "ipc_uncertainty": u,
         "clock_ghz": ghz,
         "threads": n,
-        "parallel_fraction": PARALLEL_FRACTION if n > 1 else None,
+        "parallel_fraction": p if n > 1 else None,
         "device": device.name,
     }
     return Estimate(value, low, high, formula, inputs)

@@ -146,10 +146,23 @@ class Device(_Strict):
     ipc: float | None = Field(default=None, gt=0)
     # Multiplicative band of ``ipc``: the effective value lies in [ipc/u, ipc*u] (docs/latency.md).
     ipc_uncertainty: float | None = Field(default=None, ge=1)
+    # Amdahl parallel fraction p of multi-thread runs on this board, and the band [low, high] it spans
+    # in published 1- vs n-thread runs (docs/latency.md); unset: the generic 0.75 in [0.4, 0.95].
+    parallel_fraction: float | None = Field(default=None, ge=0, le=1)
+    parallel_fraction_range: tuple[float, float] | None = None
     # Fail the device check (DelegationError, exit 13) when an operator falls back from the delegate,
     # or when an int8 bundle does not run int8 kernels.
     require_delegation: bool = False
     require_int8: bool = False
+
+    @model_validator(mode="after")
+    def _fraction_in_range(self) -> Device:
+        band = self.parallel_fraction_range
+        if band is not None and not 0 <= band[0] <= band[1] <= 1:
+            raise ValueError("parallel_fraction_range must be [low, high] with 0 <= low <= high <= 1")
+        if band is not None and self.parallel_fraction is not None and not band[0] <= self.parallel_fraction <= band[1]:
+            raise ValueError("parallel_fraction must lie inside parallel_fraction_range")
+        return self
 
 
 class Inputs(_Strict):
@@ -162,7 +175,6 @@ class Inputs(_Strict):
     # How images in a --data folder become inputs (edgepack.calibration.Preprocess keys: size, layout,
     # channel_order, scale, mean, std, dtype); a preprocess.toml beside the data or --preprocess wins.
     preprocess: dict[str, Any] | None = None
-
 
     @field_validator("shapes")
     @classmethod

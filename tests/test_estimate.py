@@ -77,6 +77,40 @@ def test_more_threads_divide_by_amdahls_speedup():
     assert speedup(1) == 1.0
 
 
+def test_a_device_parallel_fraction_replaces_the_generic_one():
+    device = _device(parallel_fraction=0.45, parallel_fraction_range=(0.05, 0.65))
+    est = device_estimate(1_000_000, device, threads=4)
+    assert est.value_ms == pytest.approx((1 - 0.45) + 0.45 / 4)  # t1 = 1 ms
+    assert est.low_ms == pytest.approx(0.5 * ((1 - 0.65) + 0.65 / 4))
+    assert est.high_ms == pytest.approx(2.0 * ((1 - 0.05) + 0.05 / 4))
+    assert est.inputs["parallel_fraction"] == 0.45 and "p = 0.45 in [0.05, 0.65]" in est.formula
+    # the generic band stays for boards without one, and one thread ignores p
+    assert device_estimate(1_000_000, device).value_ms == pytest.approx(1.0)
+
+
+def test_the_pi4_profile_carries_its_measured_thread_scaling():
+    from edgepack.profiles import load_profile
+
+    for name in ("rpi4-arm64", "rpi4-arm64-onnxruntime"):
+        device = load_profile(name).device
+        assert device.parallel_fraction == 0.45 and tuple(device.parallel_fraction_range) == (0.05, 0.65), name
+    for name in ("rpi5-arm64", "rpi5-arm64-onnxruntime"):  # extends rpi4-arm64 but scales like the generic board
+        device = load_profile(name).device
+        assert device.parallel_fraction == 0.75 and tuple(device.parallel_fraction_range) == (0.4, 0.95), name
+
+
+def test_a_parallel_fraction_outside_its_band_is_refused():
+    from pydantic import ValidationError
+
+    from edgepack.profiles import Device
+
+    facts = {"name": "b", "cores": 4, "clock_ghz": 1.0, "ram_gb": 1.0}
+    with pytest.raises(ValidationError, match="inside parallel_fraction_range"):
+        Device(**facts, parallel_fraction=0.9, parallel_fraction_range=(0.1, 0.5))
+    with pytest.raises(ValidationError, match="low <= high"):
+        Device(**facts, parallel_fraction_range=(0.6, 0.5))
+
+
 @pytest.mark.parametrize("threads", [1, 2, 4])
 @pytest.mark.parametrize(("ipc", "uncertainty"), [(0.5, 1.3), (0.9, 1.75), (2.0, 3.0)])
 def test_the_band_contains_the_value(ipc, uncertainty, threads):

@@ -16,7 +16,7 @@ import pytest
 
 from edgepack.artifact import Artifact, ModelFormat, TensorSpec
 from edgepack.convert.onnx2tf_prep import prepare
-from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, scope_safe_names
+from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, safe_output_names, scope_safe_names
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -42,6 +42,26 @@ def _copy(model):
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     return copy
+
+
+def test_output_names_tensorflow_refuses_are_renamed_where_used():
+    """``torch.onnx``'s ``onnx::Shape_422`` output, also read by a later node: renamed in both places."""
+    value = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Relu", ["x"], ["onnx::Shape_422"], name="relu"),
+        helper.make_node("Neg", ["onnx::Shape_422"], ["pooled"], name="neg"),
+    ]
+    outputs = [value("onnx::Shape_422", 1, (2, 3)), value("pooled", 1, (2, 3))]
+    model = _model(nodes, [value("x", 1, (2, 3))], outputs, 17)
+    before = _copy(model)
+    assert safe_output_names(model) == ["onnx::Shape_422"]
+    assert [o.name for o in model.graph.output] == ["onnx__Shape_422", "pooled"]
+    assert list(model.graph.node[1].input) == ["onnx__Shape_422"]
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    for got, want in zip(_run(model, {"x": x}), _run(before, {"x": x}), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert safe_output_names(model) == []  # nothing left to rename
 
 
 def _coerced_softmax(x: np.ndarray, axis: int) -> np.ndarray:

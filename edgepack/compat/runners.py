@@ -32,8 +32,10 @@ def _agrees(expected: Any, got: Any, rtol: float, atol: float) -> bool:
     if expected is None:
         return got is None or (isinstance(got, list | tuple) and not got)
     if isinstance(expected, list | tuple):
-        return isinstance(got, list | tuple) and len(got) == len(expected) and all(
-            _agrees(e, g, rtol, atol) for e, g in zip(expected, got, strict=True)
+        return (
+            isinstance(got, list | tuple)
+            and len(got) == len(expected)
+            and all(_agrees(e, g, rtol, atol) for e, g in zip(expected, got, strict=True))
         )
     want, have = np.asarray(expected), np.asarray(got)
     if want.shape != have.shape:
@@ -97,6 +99,7 @@ def _onnx2tf_convert(model: Path, out: Path) -> Path:
             output_folder_path=str(out),
             keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
             copy_onnx_input_output_names_to_tflite=True,
+            replace_to_pseudo_operators=["erf"],  # as the ladder does: else Erf is a Flex op LiteRT cannot run
             not_use_onnxsim=shutil.which("onnxsim") is None,
             non_verbose=True,
         )

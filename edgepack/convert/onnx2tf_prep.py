@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import TensorSpec
-from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, scope_safe_names
+from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, safe_output_names, scope_safe_names
 from edgepack.convert.ortcheck import compare, random_feeds, run_onnx
 from edgepack.tools import first_line, quiet
 
@@ -312,5 +312,6 @@ REWRITES: tuple[tuple[str, Callable[[Any], list[str]]], ...] = (
     ("inlined_ifs", inline_constant_ifs),
     ("split_slices", split_channel_slices),
     ("renamed_nodes", scope_safe_names),
+    ("renamed_outputs", safe_output_names),
     ("coerced_softmax", flatten_coercing_softmax),
 )

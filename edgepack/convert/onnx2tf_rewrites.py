@@ -4,6 +4,11 @@
   refuses a scope name outside ``[A-Za-z0-9_.\\/>-]``. Paddle2ONNX names nodes ``Softmax@0``, so
   PaddleOCR's classifier failed in ``tf.nn.softmax`` (``'Softmax@0' is not a valid scope name``)
   in every rung of the ladder. Such names are rewritten with ``_`` (kept unique).
+* Graph output names: an output named like ``onnx::Shape_422`` (``torch.onnx`` names a tensor it
+  also reads the shape of that way) was silently left out of onnx2tf's .tflite, so a MiniLM
+  sentence encoder lost its last hidden state ("3 outputs instead of 4") in every rung. Such
+  outputs are renamed with ``_`` everywhere the top-level graph uses them (outputs are matched
+  by position afterwards, so the name does not reach the bundle).
 * Softmax, LogSoftmax and Hardmax before opset 13 coerce their input to 2-D at ``axis`` and
   normalise over everything from ``axis`` on; onnx2tf normalises over ``axis`` alone. Where
   ``axis`` is not the last axis, the node becomes ``Flatten(axis) -> op(axis=1) -> Reshape`` back
@@ -22,6 +27,17 @@ _BAD_NAME = re.compile(r"[^A-Za-z0-9_.\\/>-]")
 _COERCING = frozenset({"Softmax", "LogSoftmax", "Hardmax"})
 
 
+def _safe_unique(name: str, taken: set[str]) -> str:
+    """``name`` with TensorFlow-refused characters as ``_``, suffixed until unique in ``taken`` (then added)."""
+    base = _BAD_NAME.sub("_", name)
+    new, suffix = base, 0
+    while new in taken:
+        suffix += 1
+        new = f"{base}_{suffix}"
+    taken.add(new)
+    return new
+
+
 def scope_safe_names(model: Any) -> list[str]:
     """Rename nodes (top-level graph) whose names TensorFlow refuses as scope names.
 
@@ -34,15 +50,44 @@ def scope_safe_names(model: Any) -> list[str]:
     for node in graph.node:
         if not node.name or not _BAD_NAME.search(node.name):
             continue
-        base = _BAD_NAME.sub("_", node.name)
-        new, suffix = base, 0
-        while new in taken:
-            suffix += 1
-            new = f"{base}_{suffix}"
-        taken.add(new)
         renamed.append(node.name)
-        node.name = new
+        node.name = _safe_unique(node.name, taken)
     return renamed
+
+
+def safe_output_names(model: Any) -> list[str]:
+    """Rename graph outputs whose names TensorFlow refuses (e.g. ``onnx::Shape_422``), where they are used.
+
+    An output a subgraph reads by its outer name is left alone (renaming it there is not worth the risk).
+
+    Returns:
+        The old names of the outputs renamed.
+    """
+    graph = model.graph
+    inner = {name for sub in _subgraphs(graph) for node in sub.node for name in node.input}
+    taken = {name for node in graph.node for name in [*node.input, *node.output]} | {i.name for i in graph.input}
+    renames: dict[str, str] = {}
+    for output in graph.output:
+        if not _BAD_NAME.search(output.name) or output.name in inner or output.name in {i.name for i in graph.input}:
+            continue
+        renames[output.name] = _safe_unique(output.name, taken)
+    if not renames:
+        return []
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    for value in [*graph.output, *graph.value_info]:
+        value.name = renames.get(value.name, value.name)
+    return list(renames)
+
+
+def _subgraphs(graph: Any) -> list[Any]:
+    found = []
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                found += [sub, *_subgraphs(sub)]
+    return found
 
 
 def _default_opset(model: Any) -> int | None:
