@@ -193,3 +193,39 @@ def test_importing_runtimes_loads_no_framework():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_openvino_f32_runs_compressed_int8_weights_in_f32(tmp_path):
+    """int8 weights behind Cast * scale (a weight-quantized encoder): f32 must not quantize activations on the fly.
+
+    The CPU plugin does that by default on CPUs that have fast int8 (an all-MiniLM-L6 with int8 weights
+    differed from ONNX Runtime by 0.61); edgepack's f32 turns it off, so the IR agrees with numpy.
+    """
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, size=(384, 384)).astype(np.int8)
+    scale = np.float32(0.01)
+    nodes = [
+        helper.make_node("Cast", ["wq"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["wf", "s"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "compressed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [32, 384])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [32, 384])],
+        [numpy_helper.from_array(weights, "wq"), numpy_helper.from_array(np.asarray(scale), "s")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(model.SerializeToString())
+    ov.save_model(ov.convert_model(str(onnx_path)), str(tmp_path / "m.xml"))
+    spec = (TensorSpec("x", (32, 384), "float32"),), (TensorSpec("y", (32, 384), "float32"),)
+    artifact = Artifact.from_file(tmp_path / "m.xml", ModelFormat.OPENVINO, *spec, files=(tmp_path / "m.bin",))
+    x = rng.normal(size=(32, 384)).astype(np.float32)
+    want = x.astype(np.float64) @ (weights.astype(np.float64) * float(scale))
+    (got,) = open_session(artifact).run([x])
+    assert np.max(np.abs(got - want)) < 1e-3 * np.max(np.abs(want))

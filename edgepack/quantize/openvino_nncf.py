@@ -23,6 +23,7 @@ from edgepack.calibration.adapters import nncf_dataset
 from edgepack.convert.onnx_openvino import save_ir
 from edgepack.deps import require
 from edgepack.errors import UsageError
+from edgepack.runtimes.openvino import exact_f32_config
 from edgepack.tools import fresh_dir, run_tool, tool_meta
 
 if TYPE_CHECKING:
@@ -226,8 +227,9 @@ def layer_errors(
     keys = [k for k in keys if k[0] in fops]
     first = len(fmodel.outputs)
     fmodel.add_outputs([fops[name].output(index) for name, index in keys])
-    request = core.compile_model(fmodel, "CPU", _F32).create_infer_request()
-    parts = [(n, cuts, core.compile_model(sub, "CPU", _F32).create_infer_request()) for n, (cuts, sub) in layers]
+    f32 = {**_F32, **exact_f32_config(core)}
+    request = core.compile_model(fmodel, "CPU", f32).create_infer_request()
+    parts = [(n, cuts, core.compile_model(sub, "CPU", f32).create_infer_request()) for n, (cuts, sub) in layers]
     stats: dict[str, list[float]] = {}
     for feed in samples.take(LAYER_SAMPLES):
         result = request.infer([feed[name] for name in samples.input_names])

@@ -360,6 +360,8 @@ def _openvino(model_path, threads, precision):
     config = {"INFERENCE_NUM_THREADS": threads}
     if precision:
         config["INFERENCE_PRECISION_HINT"] = precision
+    if precision == "f32" and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0  # f32 means f32: no on-the-fly int8 activations
     compiled = core.compile_model(model_path, "CPU", config)
     request = compiled.create_infer_request()
 
