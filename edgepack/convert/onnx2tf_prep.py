@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgepack.artifact import TensorSpec
-from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, safe_output_names, scope_safe_names
+from edgepack.convert.onnx2tf_rewrites import flatten_coercing_softmax, safe_output_names, scope_safe_names, subgraphs
 from edgepack.convert.ortcheck import compare, random_feeds, run_onnx
 from edgepack.tools import first_line, quiet
 
@@ -49,18 +49,6 @@ def graph_kind(model: Any, inputs: Sequence[TensorSpec]) -> str:
     if any(len(spec.shape) == 4 for spec in inputs):
         return "vision"
     return "other"
-
-
-def subgraphs(graph: Any) -> list[Any]:
-    """``graph`` and every graph nested in its nodes (If branches, Loop and Scan bodies), depth first."""
-    found = [graph]
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                found.extend(subgraphs(attr.g))
-            for sub in attr.graphs:
-                found.extend(subgraphs(sub))
-    return found
 
 
 def _constants(graph: Any) -> dict[str, np.ndarray]:

@@ -64,11 +64,12 @@ def safe_output_names(model: Any) -> list[str]:
         The old names of the outputs renamed.
     """
     graph = model.graph
-    inner = {name for sub in _subgraphs(graph) for node in sub.node for name in node.input}
-    taken = {name for node in graph.node for name in [*node.input, *node.output]} | {i.name for i in graph.input}
+    inner = {name for sub in subgraphs(graph)[1:] for node in sub.node for name in node.input}
+    inputs = {value.name for value in graph.input}
+    taken = {name for node in graph.node for name in [*node.input, *node.output]} | inputs
     renames: dict[str, str] = {}
     for output in graph.output:
-        if not _BAD_NAME.search(output.name) or output.name in inner or output.name in {i.name for i in graph.input}:
+        if not _BAD_NAME.search(output.name) or output.name in inner or output.name in inputs:
             continue
         renames[output.name] = _safe_unique(output.name, taken)
     if not renames:
@@ -81,12 +82,15 @@ def safe_output_names(model: Any) -> list[str]:
     return list(renames)
 
 
-def _subgraphs(graph: Any) -> list[Any]:
-    found = []
+def subgraphs(graph: Any) -> list[Any]:
+    """``graph`` and every graph nested in its nodes (If branches, Loop and Scan bodies), depth first."""
+    found = [graph]
     for node in graph.node:
         for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                found += [sub, *_subgraphs(sub)]
+            if attr.HasField("g"):
+                found.extend(subgraphs(attr.g))
+            for sub in attr.graphs:
+                found.extend(subgraphs(sub))
     return found
 
 
