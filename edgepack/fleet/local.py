@@ -3,7 +3,7 @@
 Workers are started with ``spawn`` (never ``fork``: a forked TensorFlow or OpenVINO is unsafe), so no
 two cells ever share a framework process at the same time; a worker keeps its imports warm for its
 next cell. Each worker commits its finished cell into the cache itself; the driver publishes it.
-A worker that dies (killed, out of memory) breaks the pool: its cells are retried once on a new pool.
+A worker that dies (killed, out of memory) breaks the pool: the cells then in flight are rerun, each alone.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from edgepack.fleet.records import FAILED, CellRecord
 from edgepack.memory import model_bytes
 
 GIB = 1 << 30
-Todo = Sequence[tuple[CellSpec, str]]
+Cell = tuple[CellSpec, str]
+Todo = Sequence[Cell]
+Work = Callable[[CellSpec, str, Path], CellRecord]
 OnStart = Callable[[CellSpec], None]
 OnDone = Callable[[CellRecord], None]
 
@@ -53,13 +55,30 @@ def default_workers(cells: Sequence[CellSpec]) -> int:
     return max(1, min(memory.usable_cores(), available_memory() // per_cell, len(cells)))
 
 
-def run_local(todo: Todo, cache: Cache, *, workers: int, on_start: OnStart, on_done: OnDone) -> None:
-    """Run every cell of ``todo`` on ``workers`` processes; ``on_done`` gets each record as it finishes."""
-    lost = _run_pool(list(todo), cache, workers, on_start, on_done)
-    if lost:  # a worker died: its cells get one more try on a fresh pool
-        lost = _run_pool(lost, cache, workers, on_start, on_done)
-    for spec, key in lost:
-        on_done(died(spec, key, "the worker process died twice (killed or out of memory)", "Use fewer --workers."))
+def run_local(
+    todo: Todo, cache: Cache, *, workers: int, on_start: OnStart, on_done: OnDone, work: Work | None = None
+) -> None:
+    """Run every cell of ``todo`` on ``workers`` processes; ``on_done`` gets each record as it finishes.
+
+    A worker that dies breaks its pool. The cells in flight then are suspects: each is rerun alone on a
+    pool of one, so a cell that kills its worker every time fails by itself and takes no other cell with
+    it. Cells not yet started go on in parallel on a fresh pool. ``work`` replaces the worker's function.
+    """
+    work = work or _work
+    pending, suspects = list(todo), []
+    idle_breaks = 0
+    while pending:
+        started, pending = _run_pool(pending, cache, workers, on_start, on_done, work)
+        suspects.extend(started)
+        idle_breaks = 0 if started else idle_breaks + 1
+        if idle_breaks == 2:  # pools that break with no cell in flight: workers cannot even start here
+            for spec, key in pending:
+                on_done(died(spec, key, "no worker process could start", "Check memory and --workers."))
+            pending = []
+    for spec, key in suspects:
+        started, _ = _run_pool([(spec, key)], cache, 1, on_start, on_done, work)
+        if started:
+            on_done(died(spec, key, "its worker process died twice (killed or out of memory)", "Use fewer --workers."))
 
 
 def died(spec: CellSpec, key: str, what: str, hint: str) -> CellRecord:
@@ -77,45 +96,50 @@ def died(spec: CellSpec, key: str, what: str, hint: str) -> CellRecord:
     )
 
 
-def _run_pool(todo: list[tuple[CellSpec, str]], cache: Cache, workers: int, on_start: OnStart, on_done: OnDone):
+def _run_pool(todo: list[Cell], cache: Cache, workers: int, on_start: OnStart, on_done: OnDone, work: Work):
+    """One pool's run. Returns ``([], [])``, or if a worker died: the cells then in flight, and those not started."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     logs = cache.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    queue, lost = deque(todo), []
-    running: dict[Future[CellRecord], tuple[CellSpec, str]] = {}
+    queue, lost = deque(todo), list[Cell]()
+    running: dict[Future[CellRecord], Cell] = {}
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(logs,)
     )
     try:
         while queue or running:
             while queue and len(running) < workers:  # only as many in flight as workers: submitted = running
-                spec, key = queue.popleft()
-                running[pool.submit(_work, spec, key, cache.root)] = (spec, key)
+                spec, key = queue[0]
+                try:  # a worker that died since the last wait may already have marked the pool broken
+                    running[pool.submit(work, spec, key, cache.root)] = (spec, key)
+                except BrokenProcessPool:
+                    break
+                queue.popleft()
                 on_start(spec)
+            if not running:  # broken with nothing in flight (its lost cells were handed back below)
+                return lost, list(queue)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                spec, key = running.pop(future)
+                cell = running.pop(future)
                 try:
                     record = future.result()
                 except BrokenProcessPool:
-                    lost.append((spec, key))
+                    lost.append(cell)
                     continue
                 except Exception as exc:  # noqa: BLE001 - e.g. the cache folder became unwritable: this cell only
-                    record = died(spec, key, f"the worker could not store the cell ({exc!r})", "Check --cache.")
+                    record = died(*cell, f"the worker could not store the cell ({exc!r})", "Check --cache.")
                 on_done(record)
-            if lost:  # the pool is unusable: hand back everything not finished
-                lost.extend(running.values())
-                lost.extend(queue)
-                return lost
+            if lost:  # the pool is unusable: what was in flight is suspect, the rest was never started
+                return lost + list(running.values()), list(queue)
     except BaseException:
         _terminate(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return lost
+    return lost, list(queue)
 
 
 def _terminate(pool: object) -> None:
