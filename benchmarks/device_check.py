@@ -4,6 +4,8 @@ Runs one bundle's run.py under QEMU three ways and prints wall times and instruc
 
 * ``old``: the former default, 3 warm-up and 20 timed inferences (clock reads between them);
 * ``new``: one warm-up and one counted inference (``--count 1``), run twice (the counts must match);
+* ``cold``: the first inference counted, nothing before it (``--count-first``, the check's choice for
+  models of 1 G multiply-accumulates or more), run twice (the counts must match);
 * ``shared``: :func:`edgepack.devicecheck.check_bundle` for two targets with the same ``-cpu``
   (``rpi5-arm64``, ``android-arm64``): the second reads the first's stored run.
 
@@ -71,6 +73,8 @@ def main() -> None:
         base = ["--input", str(work / "x.npy"), "--report", str(work / "r.json")]
         modes = {"new #1": ["--warmup", "1", "--runs", "0", "--count", "1"]}
         modes["new #2"] = modes["new #1"]
+        modes["cold #1"] = ["--warmup", "0", "--runs", "0", "--count", "1", "--count-first"]  # big models' default
+        modes["cold #2"] = modes["cold #1"]
         if not args.skip_old:
             modes["old"] = ["--warmup", "3", "--runs", "20"]
         for name, extra in modes.items():

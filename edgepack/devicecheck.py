@@ -7,9 +7,9 @@ agreement over every sample, what the runtime executed: ``delegation``) for the
 manifest, and ``measurements`` (wall-clock latency, instruction counts,
 estimates) that vary by run or machine, for the report.
 
-Under emulation one process checks every sample, then runs one warm-up and one
-counted inference (``[emulation] warmup`` / ``runs``); timed repetitions are left
-to runners whose wall time means something (:data:`TIMED_RUNNERS`).
+Under emulation one process checks every sample and counts one inference, the first
+sample's own when the model is big (:mod:`edgepack.checkplan`); timed repetitions are
+left to runners whose wall time means something.
 """
 
 from __future__ import annotations
@@ -23,12 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from edgepack.checkplan import TIMED_RUNNERS, emulated_samples, run_args
 from edgepack.errors import DeviceCheckError
 from edgepack.profiles import Profile
 
 COUNT_NOTE = (
     "guest instructions of the runtime's invoke call alone, per inference (arm64 LiteRT: identical run to run; "
     "ONNX Runtime within 1e-5, 32-bit ARM within 1e-4)"
+)
+COLD_NOTE = (
+    "cold: the first inference, counted instead of a second one for a model this big; it includes the "
+    "runtime's first-run setup (docs/latency.md gives what that adds)"
 )
 # Runner name -> what its wall-clock latency is (runners may say better with a ``latency_label``).
 EMULATED_RUNNERS = ("qemu-user", "docker")  # runners that are not the device itself
@@ -68,19 +73,6 @@ def _samples(
         else:  # float noise; run.py and the host runtime quantize it for an int8 input
             sample.append(rng.random(spec["shape"]).astype(np.float32))
     return [sample]
-
-
-EMULATED_MACS = 3e9  # emulated work for the samples' outputs, when [emulation] samples is not set
-
-
-def emulated_samples(profile: Profile, cost: Any, total: int) -> int:
-    """How many validation samples run under emulation: ``[emulation] samples``, else as many as fit
-    in :data:`EMULATED_MACS` multiply-accumulates (at least one): every sample of a small model, one
-    of a 640x640 detector (each costs minutes under QEMU). ``cost`` None (uncountable): every sample."""
-    if profile.emulation.samples:
-        return min(total, int(profile.emulation.samples))
-    macs = getattr(cost, "macs", None)
-    return total if not macs else max(1, min(total, int(EMULATED_MACS // macs)))
 
 
 def _cost_or_none(bundle: Path, manifest: dict[str, Any]) -> Any:
@@ -138,10 +130,6 @@ def compare(reference: list[np.ndarray], device: dict[str, np.ndarray], names: l
     return {"outputs": rows, "agree": not failures, "failures": failures}
 
 
-# Runners whose wall times mean something: only there are repeated timed runs worth their cost.
-TIMED_RUNNERS = ("native", "ssh")
-
-
 def check_bundle(
     bundle: Path,
     profile: Profile,
@@ -156,9 +144,8 @@ def check_bundle(
 
     Every sample's outputs are compared, from one device process. Where wall time means something
     (:data:`TIMED_RUNNERS`) run.py then times ``latency.runs`` inferences; elsewhere (emulation) it
-    runs ``emulation.warmup`` warm-up inferences and ``emulation.runs`` counted ones (1 and 1 by
-    default), and an identical emulated run (same model bytes, guest, ``-cpu``, inputs) is done once
-    and shared (:mod:`edgepack.emulator.runcache`).
+    counts one (:func:`edgepack.checkplan.run_args`), and an identical emulated run (same model bytes,
+    guest, ``-cpu``, inputs) is done once and shared (:mod:`edgepack.emulator.runcache`).
 
     Raises:
         DeviceCheckError: run.py failed on the device, or its outputs disagree with the host's.
@@ -183,7 +170,7 @@ def check_bundle(
         io = Path(tmp)
         arrays: dict[str, Any] = {f"{k}:{n}": a for k, sample in enumerate(feeds) for n, a in zip(names, sample)}
         np.savez(io / "in.npz", **arrays)
-        args = run_args(profile, backend.name, bundle)
+        args = run_args(profile, backend.name, bundle, cost)
         result, shared = _run(backend, bundle, manifest, io, args)
         if result.returncode != 0:
             crash = crash_signal(result)
@@ -301,22 +288,6 @@ def _crash_error(profile: Profile, runner: str, bundle: Path, io: Path, args: li
     )
 
 
-def run_args(profile: Profile, runner: str, bundle: Path) -> list[str]:
-    """run.py's arguments other than file paths: timed runs where timing means something, else one counted block.
-
-    ``emulation.warmup`` and ``emulation.runs`` (defaults 1 and 1) set the emulated warm-up and
-    counted inferences; a bundle whose run.py predates ``--count`` gets them as ``--runs``.
-    """
-    threads = ["--threads", str(profile.latency.threads)]
-    threads += ["--precision", "f32"] if profile.runtime.value == "openvino" else []
-    if runner in TIMED_RUNNERS:
-        return ["--warmup", str(profile.latency.warmup), "--runs", str(profile.latency.runs), *threads]
-    warmup, count = profile.emulation.warmup, profile.emulation.runs
-    if "--count" not in (bundle / "run.py").read_text():
-        return ["--warmup", str(warmup), "--runs", str(count), *threads]
-    return ["--warmup", str(warmup), "--runs", "0", "--count", str(count), *threads]
-
-
 def _run(backend: Any, bundle: Path, manifest: dict, io: Path, args: list[str]) -> tuple[Any, bool]:
     """Run run.py (or read back an identical emulated run); returns the result and whether it was shared."""
     files = ["--input", str(io / "in.npz"), "--output", str(io / "out.npz"), "--report", str(io / "stats.json")]
@@ -380,13 +351,17 @@ def _result(
     }
     label = getattr(backend, "latency_label", None) or stats.get("latency_label") or LATENCY_LABELS.get(backend.name)
     times = _times(stats)
-    if stats.get("count_ms") is not None and not stats.get("latency_ms"):
+    cold = bool(stats.get("count_first"))
+    if cold:
+        label = f"{label} (the first sample's inference, cold)"
+    elif stats.get("count_ms") is not None and not stats.get("latency_ms"):
         label = f"{label} (one block of {stats.get('count')} inference(s) after {stats.get('warmup')} warm-up)"
     measurements: dict[str, Any] = {"latency": summarize_latency(times, str(label))}
     measurements["instructions"] = {
         "per_inference": result.instructions,
-        "note": result.note or COUNT_NOTE,
+        "note": (result.note or COUNT_NOTE) + (f"; {COLD_NOTE}" if cold else ""),
         "qemu_cpu": profile.emulation.qemu_cpu if emulated else None,
+        "cold": cold,
     }
     measurements["instructions_per_inference"] = result.instructions
     estimate = None

@@ -7,7 +7,8 @@
 3. for each target, :func:`edgepack.stages.run_target` runs its stages and writes its bundle atomically.
    Conversion, quantization and validation run one target after another on the host; the device
    checks (mostly an emulator process each) run on up to :func:`device_workers` worker threads while
-   the next targets convert, and each bundle is sealed as soon as its check is back.
+   the next targets convert (:func:`checks_first` orders them), and each bundle is sealed as soon as
+   its check is back.
 
 A target's failure is its own: it is recorded as that target's error (an
 :class:`~edgepack.errors.EdgepackError`, a bug wrapped as
@@ -87,7 +88,8 @@ def run_plan(plan: Plan, options: Options, *, progress: Progress | None = None) 
                     results[target.name] = _run_cell(target, functools.partial(run_target, ctx, target), options.debug)
             else:
                 say(f"device checks: up to {workers} at a time, while the next targets convert")
-                results.update(_run_overlapped(ctx, todo, workers, options.debug))
+                order = checks_first(todo, options, ctx.source.format)
+                results.update(_run_overlapped(ctx, order, workers, options.debug))
     return PackageResult(plan, tuple(results[t.name] for t in plan.targets))
 
 
@@ -105,6 +107,16 @@ def device_workers(requested: int | None, checks: int, *, model_bytes: int = 0) 
     available = available_memory() or 0  # unknown: one check at a time
     by_memory = int(max(0.0, available - 4 * 2**30) // per_check)
     return max(1, min(usable_cores(), by_memory, checks))
+
+
+def checks_first(targets: list[TargetPlan], options: Options, source_format: Any) -> list[TargetPlan]:
+    """The order targets are prepared in while device checks overlap (results keep the plan's order).
+
+    Targets with a device check come first, and among them those that need no conversion (their
+    format is the source's: ONNX Runtime targets of an ONNX model): their emulators start within
+    seconds and run while the other targets convert, instead of leaving a last check to run alone.
+    """
+    return sorted(targets, key=lambda t: (not _has_device_check(t, options), t.profile.format != source_format))
 
 
 def _model_bytes(path: Path) -> int:

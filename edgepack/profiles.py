@@ -122,6 +122,9 @@ class Emulation(_Strict):
     warmup: int = Field(default=0, ge=0)
     runs: int = Field(default=1, ge=1)
     samples: int | None = Field(default=None, ge=1)  # cap on the validation samples checked under emulation
+    # Count the first sample's (cold) inference instead of running another; unset: for models of at
+    # least edgepack.checkplan.COUNT_FIRST_MACS, where a second emulated inference costs minutes.
+    count_first: bool | None = None
     timeout_s: float = Field(default=1800, gt=0)  # an emulated run is stopped after this long
 
     @model_validator(mode="after")

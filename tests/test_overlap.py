@@ -35,6 +35,19 @@ def test_device_workers_follow_the_request_the_cores_and_the_checks() -> None:
     assert device_workers(None, 64, model_bytes=2**50) == 1  # no memory for two such checks
 
 
+def test_checked_targets_that_need_no_conversion_are_prepared_first(tmp_path: Path) -> None:
+    from edgepack.pipeline import checks_first
+    from edgepack.plans import Options, make_plan
+    from edgepack.profiles import load_profile
+
+    names = ["intel-openvino-cpu", "rpi4-arm64", "jetson-orin-trt", "rpi4-arm64-onnxruntime", "rpi-armv7"]
+    plan = make_plan(DIGITS_ONNX, [load_profile(n) for n in names], tmp_path)
+    order = [t.name for t in checks_first(list(plan.targets), Options(), plan.source_format)]
+    # ONNX Runtime runs the ONNX source as it is: its emulator starts while the .tflite targets convert;
+    # then the other checked targets in plan order (OpenVINO's check runs natively); Jetson has none.
+    assert order == ["rpi4-arm64-onnxruntime", "intel-openvino-cpu", "rpi4-arm64", "rpi-armv7", "jetson-orin-trt"]
+
+
 def test_progress_lines_are_reported_and_kept_out_of_stderr(tmp_path: Path) -> None:
     script = "import sys\nfor i in range(3):\n    print(f'edgepack-progress {i + 1}/3', file=sys.stderr, flush=True)\n"
     script += "print('a real warning', file=sys.stderr)\nprint('out')\n"
