@@ -213,7 +213,8 @@ def test_interrupted_batch_resumes_from_the_cache(tmp_path):
     _models(tmp_path, 4)
     jobs = _jobs(tmp_path, [f"net{i}.onnx" for i in range(4)])
     out, cache = tmp_path / "out", tmp_path / "cache"
-    code = (
+    code = (  # Ctrl-C's handler even where this test runs with SIGINT ignored (a shell's background job)
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "from edgepack.fleet import batch; "
         f"batch({str(jobs)!r}, {str(out)!r}, cache={str(cache)!r}, workers=1)"
     )
