@@ -81,11 +81,6 @@ def _budget(folder: Path, name: str, budget_ms: float) -> Path:
     return path
 
 
-def _shape(text: str) -> tuple[str, list[int]]:
-    name, _, dims = text.partition("=")
-    return name, [int(d) for d in dims.split(",")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -96,8 +91,7 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, help="each target's latency budget (a big model may miss it)")
     args = parser.parse_args()
     names = list(ARM) if args.arm else args.targets.split(",")
-    shapes = dict(_shape(text) for text in args.input_shape)
-    options = {"input_shapes": shapes} if shapes else {}
+    options = {"input_shapes": args.input_shape} if args.input_shape else {}  # the API parses NAME=D,D,..
     with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
         work = Path(tmp)
         targets: list[str | Path] = list(names)

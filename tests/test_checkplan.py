@@ -65,13 +65,12 @@ def test_the_sample_cap_keeps_one_sample_of_a_detector_and_every_sample_of_a_sma
 
 def test_a_profile_file_sets_count_first(tmp_path):
     from edgepack.errors import ProfileError
-    from edgepack.profiles import load_profile as load
 
     text = (Path(__file__).resolve().parents[1] / "targets" / "rpi4-arm64.toml").read_text()
     good = tmp_path / "good.toml"
     good.write_text(text.replace('debian_arch = "arm64"', 'debian_arch = "arm64"\ncount_first = false'))
-    assert load(str(good)).emulation.count_first is False
+    assert load_profile(str(good)).emulation.count_first is False
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace('debian_arch = "arm64"', 'debian_arch = "arm64"\ncount_first = [1]'))
     with pytest.raises(ProfileError, match="count_first"):
-        load(str(bad))
+        load_profile(str(bad))

@@ -508,7 +508,8 @@ def main(argv=None):
     model = load(manifest, args.threads, args.precision)
     samples = read_inputs(args.input, manifest["inputs"], args.seed)
     cold = args.count_first
-    count = 0 if cold else args.count
+    count = 0 if cold else args.count  # inferences of the counted block after the samples
+    counted_n = 1 if cold else args.count  # inferences counted in all
     total = len(samples) + args.warmup + (count if count > 0 else args.runs)
     results, block_s = [], None
     if cold:  # the first sample's inference is the counted one: nothing runs before it
@@ -550,11 +551,11 @@ def main(argv=None):
             "threads": args.threads,
             "runs": args.runs,
             "warmup": args.warmup,
-            "count": 1 if cold else args.count,
+            "count": counted_n,
             "count_first": cold,
             "samples": len(samples),
             "latency_ms": times,
-            "count_ms": None if block_s is None else block_s * 1e3 / (1 if cold else args.count),
+            "count_ms": None if block_s is None else block_s * 1e3 / counted_n,
             "delegation": model.delegation(),
             "verification": verified,
         }
